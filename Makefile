@@ -1,0 +1,46 @@
+# accel-cost-exporter. `make demo` and `make test` set up their own virtualenv in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO ?= p4d-idle-fleet
+LISTEN ?= :11094
+
+.PHONY: demo test lint docs bench gpu-check clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the exporter on built-in simulated hardware (scenario $(DEMO)); open http://localhost:11094/
+demo: $(STAMP)
+	$(PY) -m exporter --demo $(DEMO) --web.listen-address $(LISTEN) --collector.interval 1s
+
+## All tests (needs promtool, amtool and alertmanager: Debian packages prometheus, prometheus-alertmanager)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check exporter tests bench
+	$(VENV)/bin/ruff format --check exporter tests bench
+	$(VENV)/bin/mypy exporter
+
+## Regenerate docs/metrics.md from the catalogue
+docs: $(STAMP)
+	$(PY) -m exporter.exposition.reference > docs/metrics.md
+
+## Benchmarks; results go to docs/benchmarks.md by hand
+bench: $(STAMP)
+	$(PY) bench/bench_scrape.py
+	$(PY) bench/bench_accuracy.py
+
+## On a host with NVIDIA GPUs: run against the real NVML and prove busy time rises under load
+gpu-check:
+	$(PYTHON) bench/gpu_check.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Accounting: the only place where state grows over time (counters, states, money)."""

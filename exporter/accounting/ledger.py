@@ -1,0 +1,282 @@
+"""The ledger: integrates each poll's readings into counters and produces immutable snapshots.
+
+Every interval between two polls of a device is charged, whole, to the state and owner seen at
+the end of it, so dollars always equal price x seconds exactly, whatever the poll interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from exporter import __version__
+from exporter.accounting.labelcap import LabelCap
+from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, ProcessSnapshot, Snapshot
+from exporter.accounting.states import ACTIVE, IDLE_STATES, classify
+from exporter.config.model import AccountingSettings
+from exporter.context.device_price import device_prices
+from exporter.context.model import UNASSIGNED, HostContext, Owner
+from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass
+class _DeviceBook:
+    """Everything that accumulates for one device."""
+
+    collector: str
+    identity: DeviceIdentity
+    first_seen: float
+    last_time: float
+    last_active: float
+    reading: DeviceReading
+    state: str = "idle_free"
+    owner: Owner = field(default_factory=Owner)
+    processes: tuple[ProcessSnapshot, ...] = ()
+    busy_total: float = 0.0
+    has_busy: bool = False
+    energy_total: float | None = None
+    energy_raw: float | None = None
+    state_seconds: dict[str, float] = field(default_factory=dict)
+    cost: dict[tuple[str, str], float] = field(default_factory=dict)
+    idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    waste: dict[tuple[str, str], float] = field(default_factory=dict)
+    counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
+
+
+@dataclass
+class _CollectorBook:
+    success: bool = False
+    duration: float = 0.0
+    last_sample: float | None = None
+
+
+class Ledger:
+    """Owns all state that grows over time; not thread-safe (the daemon's event loop drives it)."""
+
+    def __init__(self, settings: AccountingSettings, max_label_values: int = 100) -> None:
+        self._settings = settings
+        self._devices: dict[str, _DeviceBook] = {}
+        self._collectors: dict[str, _CollectorBook] = {}
+        self._errors: dict[tuple[str, str], float] = {}
+        self._cap = LabelCap(max_label_values)
+        self._prices: dict[str, float] = {}
+        self._context: HostContext | None = None
+        self._version = 0
+
+    def update_settings(self, settings: AccountingSettings) -> None:
+        """Apply a reloaded configuration; counters are kept."""
+        self._settings = settings
+
+    # --- input --------------------------------------------------------------------------------
+    def ingest(self, report: SourceReport, context: HostContext, now: float) -> None:
+        """Integrate one source's poll; `now` is the ledger clock's monotonic time of the poll."""
+        self._context = context
+        self._record(report.collector, report.success, report.duration_seconds, report.errors)
+        if any(r.up for r in report.devices):
+            self._collectors[report.collector].last_sample = report.timestamp
+        seen = set()
+        for reading in report.devices:
+            seen.add(reading.identity.device)
+            self._ingest_device(report.collector, reading, now)
+        if report.complete:
+            # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
+            for name in [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]:
+                del self._devices[name]
+        self._reprice(context)
+
+    def record_collector(
+        self,
+        name: str,
+        success: bool,
+        duration: float,
+        timestamp: float | None,
+        errors: Mapping[str, int] | None = None,
+    ) -> None:
+        """Self-metrics for a collector that is not a device source (price, metadata, kubernetes)."""
+        self._record(name, success, duration, tuple((errors or {}).items()))
+        if success and timestamp is not None:
+            self._collectors[name].last_sample = timestamp
+
+    def count_error(self, collector: str, reason: str, count: int = 1) -> None:
+        """Add to accel_exporter_errors_total{collector, reason}."""
+        key = (collector, reason)
+        self._errors[key] = self._errors.get(key, 0.0) + count
+
+    def _record(self, name: str, success: bool, duration: float, errors: tuple[tuple[str, int], ...]) -> None:
+        book = self._collectors.setdefault(name, _CollectorBook())
+        book.success = success
+        book.duration = duration
+        for reason, count in errors:
+            self.count_error(name, reason, count)
+
+    def _reprice(self, context: HostContext) -> None:
+        self._prices = device_prices(context.price, [b.identity for b in self._devices.values()])
+
+    def _ingest_device(self, collector: str, reading: DeviceReading, now: float) -> None:
+        name = reading.identity.device
+        book = self._devices.get(name)
+        if book is None:
+            book = self._devices[name] = _DeviceBook(collector, reading.identity, now, now, now, reading)
+        dt = max(0.0, now - book.last_time)
+        book.last_time = now
+        book.identity = reading.identity
+        book.reading = reading
+        settings = self._settings
+        state = classify(reading, settings.idle_threshold)
+        book.state = state
+        if state == ACTIVE:
+            book.last_active = now
+        book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
+        if reading.busy_seconds is not None:
+            book.busy_total += reading.busy_seconds
+            book.has_busy = True
+        self._energy(book, reading.energy_joules)
+        book.processes, book.owner = self._owners(reading)
+        for delta in reading.counters:
+            key = (delta.metric, delta.labels)
+            book.counters[key] = book.counters.get(key, 0.0) + delta.value
+        price = self._prices.get(name)
+        if price is None or dt <= 0:
+            return
+        dollars = price / SECONDS_PER_HOUR * dt
+        owner_key = (book.owner.team, book.owner.workload)
+        book.cost[owner_key] = book.cost.get(owner_key, 0.0) + dollars
+        if state in IDLE_STATES:
+            idle_key = (book.owner.team, book.owner.workload, state)
+            book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars
+        if reading.utilization is not None or not reading.up:
+            utilization = reading.utilization if reading.up and reading.utilization is not None else 0.0
+            target = settings.target_utilization
+            waste = dollars * max(0.0, target - utilization) / target
+            book.waste[owner_key] = book.waste.get(owner_key, 0.0) + waste
+
+    @staticmethod
+    def _energy(book: _DeviceBook, raw: float | None) -> None:
+        if raw is None:
+            return
+        if book.energy_total is None:
+            book.energy_total = 0.0
+        elif book.energy_raw is not None:
+            # The driver's counter restarts at 0 on driver reload or GPU reset: keep ours monotonic.
+            book.energy_total += raw - book.energy_raw if raw >= book.energy_raw else raw
+        book.energy_raw = raw
+
+    def _owners(self, reading: DeviceReading) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
+        context = self._context
+        assert context is not None
+        attributor = context.attributor
+        host = attributor.host_owner(context.identity)
+        processes = []
+        best: tuple[int, Owner] | None = None
+        for proc in reading.processes:
+            owner = attributor.process_owner(proc)
+            if not owner.team:
+                owner = Owner(
+                    host.team, owner.workload or host.workload, owner.pod, owner.namespace, owner.container, owner.unit
+                )
+            owner = Owner(
+                self._cap.admit("team", owner.team),
+                self._cap.admit("workload", owner.workload),
+                owner.pod,
+                owner.namespace,
+                owner.container,
+                owner.unit,
+            )
+            processes.append(
+                ProcessSnapshot(
+                    proc.pid, proc.user, proc.command, owner, proc.used_memory_bytes, proc.start_time_seconds
+                )
+            )
+            memory = proc.used_memory_bytes or 0
+            if best is None or memory > best[0]:
+                best = (memory, owner)
+        if best is not None:
+            device_owner = Owner(best[1].team, best[1].workload)
+        else:
+            device_owner = Owner(
+                self._cap.admit("team", host.team or UNASSIGNED), self._cap.admit("workload", host.workload)
+            )
+        processes.sort(key=lambda p: (-(p.memory_bytes or 0), p.pid))
+        limit = self._settings.max_processes_per_device if self._settings.export_processes else 0
+        return tuple(processes[:limit]), device_owner
+
+    # --- output -------------------------------------------------------------------------------
+    def snapshot(self, now: float) -> Snapshot:
+        """An immutable view of everything, for exposition."""
+        self._version += 1
+        context = self._context
+        devices = tuple(
+            self._device_snapshot(book, now)
+            for _, book in sorted(self._devices.items(), key=lambda kv: _natural(kv[0]))
+        )
+        collectors = tuple(
+            CollectorSnapshot(n, b.success, b.duration, b.last_sample) for n, b in sorted(self._collectors.items())
+        )
+        return Snapshot(
+            version=self._version,
+            devices=devices,
+            identity=context.identity if context else _empty_context().identity,
+            price=context.price if context else _empty_context().price,
+            collectors=collectors,
+            errors=tuple(sorted(self._errors.items())),
+            label_overflow=tuple(sorted((k, float(v)) for k, v in self._cap.overflow.items())),
+            build_version=__version__,
+        )
+
+    def _device_snapshot(self, book: _DeviceBook, now: float) -> DeviceSnapshot:
+        reading = book.reading
+        return DeviceSnapshot(
+            identity=book.identity,
+            up=reading.up,
+            utilization=reading.utilization if reading.up else None,
+            busy_seconds_total=book.busy_total,
+            has_busy=book.has_busy,
+            memory_used_bytes=reading.memory_used_bytes,
+            memory_total_bytes=reading.memory_total_bytes,
+            power_watts=reading.power_watts,
+            energy_joules_total=book.energy_total,
+            process_count=len(reading.processes),
+            processes=book.processes,
+            state=book.state,
+            state_seconds=tuple(sorted(book.state_seconds.items())),
+            idle_seconds=0.0 if book.state == ACTIVE else max(0.0, now - book.last_active),
+            price_per_hour=self._prices.get(book.identity.device),
+            owner=book.owner,
+            cost=tuple(sorted(book.cost.items())),
+            idle_cost=tuple(sorted(book.idle_cost.items())),
+            waste=tuple(sorted(book.waste.items())),
+            counters=tuple(sorted((m, labels, v) for (m, labels), v in book.counters.items())),
+        )
+
+
+def _natural(name: str) -> tuple[object, ...]:
+    """Sort nvidia2 before nvidia10."""
+    parts: list[object] = []
+    digits = ""
+    text = ""
+    for ch in name:
+        if ch.isdigit():
+            if text:
+                parts.append(text)
+                text = ""
+            digits += ch
+        else:
+            if digits:
+                parts.append(int(digits))
+                digits = ""
+            text += ch
+    if digits:
+        parts.append(int(digits))
+    if text:
+        parts.append(text)
+    return tuple((0, p) if isinstance(p, int) else (1, p) for p in parts)
+
+
+def _empty_context() -> HostContext:
+    from exporter.config.model import AttributionSettings
+    from exporter.context.attribution import RuleAttributor
+    from exporter.context.model import HostIdentity, PriceQuote
+
+    return HostContext(HostIdentity(), PriceQuote(), RuleAttributor(AttributionSettings()))

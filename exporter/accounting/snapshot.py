@@ -1,0 +1,70 @@
+"""The immutable snapshot accounting hands to exposition after every poll."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter.context.model import HostIdentity, Owner, PriceQuote
+from exporter.readings import DeviceIdentity, Labels
+
+
+@dataclass(frozen=True)
+class ProcessSnapshot:
+    """A process on a device, with its owner."""
+
+    pid: int
+    user: str
+    command: str
+    owner: Owner
+    memory_bytes: int | None
+    start_time_seconds: float | None
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """One device's gauges and counters at the end of a poll."""
+
+    identity: DeviceIdentity
+    up: bool
+    utilization: float | None
+    busy_seconds_total: float
+    has_busy: bool
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    power_watts: float | None
+    energy_joules_total: float | None
+    process_count: int
+    processes: tuple[ProcessSnapshot, ...]
+    state: str
+    state_seconds: tuple[tuple[str, float], ...]
+    idle_seconds: float
+    price_per_hour: float | None
+    owner: Owner
+    cost: tuple[tuple[tuple[str, str], float], ...]
+    idle_cost: tuple[tuple[tuple[str, str, str], float], ...]
+    waste: tuple[tuple[tuple[str, str], float], ...]
+    counters: tuple[tuple[str, Labels, float], ...]
+
+
+@dataclass(frozen=True)
+class CollectorSnapshot:
+    """Self-metrics of one collector (source or context provider)."""
+
+    name: str
+    success: bool
+    duration_seconds: float
+    last_sample_timestamp: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a scrape shows; `version` changes with every new snapshot."""
+
+    version: int
+    devices: tuple[DeviceSnapshot, ...]
+    identity: HostIdentity
+    price: PriceQuote
+    collectors: tuple[CollectorSnapshot, ...]
+    errors: tuple[tuple[tuple[str, str], float], ...]
+    label_overflow: tuple[tuple[str, float], ...]
+    build_version: str

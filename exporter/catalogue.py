@@ -1,0 +1,247 @@
+"""The metric catalogue: every series the exporter can emit, in one place.
+
+The exposition layer, the generated metrics reference (`docs/metrics.md`) and the contract tests
+for `alerts/` and `grafana/` all read this table, so a metric exists if and only if it is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MetricType = Literal["gauge", "counter", "info"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family: its full exposed name, type, label names and help text."""
+
+    name: str
+    type: MetricType
+    labels: tuple[str, ...]
+    help: str
+    group: str
+
+    @property
+    def sample_name(self) -> str:
+        """The name a sample carries in the text exposition (counters end in `_total`)."""
+        return self.name
+
+
+def _m(name: str, type_: MetricType, labels: tuple[str, ...], help_: str, group: str) -> MetricSpec:
+    return MetricSpec(name=name, type=type_, labels=labels, help=help_, group=group)
+
+
+_D = ("device",)
+_OWNER = ("device", "team", "workload")
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    # --- device identity and health -------------------------------------------------------
+    _m(
+        "accel_device_info",
+        "gauge",
+        ("device", "uuid", "vendor", "model", "kind", "parent", "driver_version"),
+        "Accelerator identity; always 1. Join on `device` with group_left.",
+        "device",
+    ),
+    _m(
+        "accel_device_up",
+        "gauge",
+        _D,
+        "1 when the device was readable on the last poll, 0 when lost or failing.",
+        "device",
+    ),
+    _m(
+        "accel_utilization_ratio",
+        "gauge",
+        _D,
+        "Busy fraction (0-1) over the last poll interval, integrated from the driver's sample buffer "
+        "(NVML nvmlDeviceGetSamples; neuron-monitor neuroncore_utilization). Absent when unknown (MIG without GPM).",
+        "device",
+    ),
+    _m(
+        "accel_busy_seconds_total",
+        "counter",
+        _D,
+        "Integrated busy time in seconds; rate() is the utilization over any window.",
+        "device",
+    ),
+    _m(
+        "accel_memory_used_bytes",
+        "gauge",
+        _D,
+        "Device memory in use, in bytes (NVML memory v2 where available).",
+        "device",
+    ),
+    _m("accel_memory_total_bytes", "gauge", _D, "Device memory size, in bytes.", "device"),
+    _m(
+        "accel_power_watts",
+        "gauge",
+        _D,
+        "Power draw in watts (NVML nvmlDeviceGetPowerUsage), where available.",
+        "device",
+    ),
+    _m(
+        "accel_energy_joules_total",
+        "counter",
+        _D,
+        "Energy consumed in joules (NVML nvmlDeviceGetTotalEnergyConsumption), monotonic across driver resets.",
+        "device",
+    ),
+    _m("accel_processes", "gauge", _D, "Number of processes holding the device.", "device"),
+    # --- states -----------------------------------------------------------------------------
+    _m(
+        "accel_state",
+        "gauge",
+        ("device", "state"),
+        "1 for the device's current state (active, idle_held, idle_free), 0 for the others.",
+        "state",
+    ),
+    _m(
+        "accel_state_seconds_total",
+        "counter",
+        ("device", "state"),
+        "Seconds the device spent in each state.",
+        "state",
+    ),
+    _m("accel_idle_seconds", "gauge", _D, "Seconds since the device was last active (0 while active).", "state"),
+    # --- money --------------------------------------------------------------------------------
+    _m(
+        "accel_price_dollars_per_hour",
+        "gauge",
+        _D,
+        "Hourly price attributed to this device, in USD; absent when no price is known.",
+        "cost",
+    ),
+    _m("accel_cost_dollars_total", "counter", _OWNER, "Money spent on the device, in USD.", "cost"),
+    _m(
+        "accel_idle_cost_dollars_total",
+        "counter",
+        ("device", "team", "workload", "state"),
+        "Money spent on the device while idle (state idle_held or idle_free), in USD.",
+        "cost",
+    ),
+    _m(
+        "accel_waste_dollars_total",
+        "counter",
+        _OWNER,
+        "Utilization-weighted waste in USD: price x time x max(0, target - utilization) / target.",
+        "cost",
+    ),
+    _m(
+        "accel_instance_info",
+        "gauge",
+        ("provider", "instance_type", "instance_id", "region", "zone", "lifecycle", "price_source"),
+        "Host identity and where its price came from; always 1.",
+        "cost",
+    ),
+    _m(
+        "accel_instance_price_dollars_per_hour",
+        "gauge",
+        (),
+        "Whole-instance hourly price in USD; absent when no price is known.",
+        "cost",
+    ),
+    # --- processes ----------------------------------------------------------------------------
+    _m(
+        "accel_process_info",
+        "gauge",
+        ("device", "pid", "user", "command", "team", "workload", "pod", "namespace", "container", "unit"),
+        "A process holding the device; always 1. Bounded per device.",
+        "process",
+    ),
+    _m(
+        "accel_process_memory_used_bytes",
+        "gauge",
+        ("device", "pid"),
+        "Device memory used by the process, in bytes.",
+        "process",
+    ),
+    _m(
+        "accel_process_start_time_seconds",
+        "gauge",
+        ("device", "pid"),
+        "Unix time the process started (from /proc).",
+        "process",
+    ),
+    # --- vendor extras ----------------------------------------------------------------------
+    _m(
+        "accel_nvidia_xid_errors_total",
+        "counter",
+        ("device", "xid"),
+        "NVIDIA XID critical error events seen (NVML nvmlEventSetWait_v2).",
+        "nvidia",
+    ),
+    _m(
+        "accel_neuron_execution_total",
+        "counter",
+        ("device", "outcome"),
+        "Neuron executions by outcome (neuron-monitor execution_summary, summed over runtimes on the core's device).",
+        "neuron",
+    ),
+    _m(
+        "accel_neuron_execution_errors_total",
+        "counter",
+        ("device", "error_type"),
+        "Neuron execution errors by type (neuron-monitor error_summary).",
+        "neuron",
+    ),
+    _m(
+        "accel_neuron_ecc_errors_total",
+        "counter",
+        ("device", "type"),
+        "Neuron device ECC events by type (neuron-monitor neuron_hw_counters).",
+        "neuron",
+    ),
+    # --- the exporter itself ------------------------------------------------------------------
+    _m("accel_exporter_build_info", "gauge", ("version",), "Exporter build; always 1.", "exporter"),
+    _m(
+        "accel_exporter_collector_success",
+        "gauge",
+        ("collector",),
+        "1 when the collector's last poll succeeded, else 0.",
+        "exporter",
+    ),
+    _m(
+        "accel_exporter_collector_duration_seconds",
+        "gauge",
+        ("collector",),
+        "Duration of the collector's last poll, in seconds.",
+        "exporter",
+    ),
+    _m(
+        "accel_exporter_last_sample_timestamp_seconds",
+        "gauge",
+        ("collector",),
+        "Unix time of the collector's last successful sample.",
+        "exporter",
+    ),
+    _m(
+        "accel_exporter_errors_total",
+        "counter",
+        ("collector", "reason"),
+        "Errors by collector and reason (e.g. GpuIsLost, parse, restart, throttled).",
+        "exporter",
+    ),
+    _m(
+        "accel_exporter_label_overflow_total",
+        "counter",
+        ("label",),
+        "Label values replaced by `other` because the distinct-value cap was reached.",
+        "exporter",
+    ),
+)
+
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
+
+STATES: tuple[str, ...] = ("active", "idle_held", "idle_free")
+
+
+def spec(name: str) -> MetricSpec:
+    """Return the catalogue entry for `name`; a KeyError names a metric missing from the catalogue."""
+    return BY_NAME[name]
+
+
+def exposed_sample_names() -> frozenset[str]:
+    """Every sample name a scrape can contain (counters carry `_total` in their name already)."""
+    return frozenset(BY_NAME)

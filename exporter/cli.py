@@ -1,0 +1,207 @@
+"""Command line: Prometheus-style flags, each with an ACCEL_* environment fallback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter.config import ConfigInvalid, load_config, parse_duration
+from exporter.daemon import Daemon, Options
+from exporter.logs import LEVELS, setup_logging
+
+DEFAULT_PORT = 11094
+log = logging.getLogger("exporter")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("ACCEL_" + name, default)
+
+
+def _env_bool(name: str) -> bool | None:
+    value = _env(name)
+    if value is None:
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit status 2, no usage dump: the message names the flag.
+        self.exit(2, f"accel-cost-exporter: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every flag documents its environment variable."""
+    p = _Parser(prog="accel-cost-exporter", description="Live accelerator cost, idle spend and waste for Prometheus.")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        action="append",
+        metavar="[HOST]:PORT",
+        help=f"address to listen on, repeatable (default :{DEFAULT_PORT}; env ACCEL_WEB_LISTEN_ADDRESS, comma-separated)",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default=_env("WEB_TELEMETRY_PATH", "/metrics"),
+        help="path of the metrics endpoint (env ACCEL_WEB_TELEMETRY_PATH)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=_env("WEB_CONFIG_FILE"),
+        help="exporter-toolkit web config: TLS and basic auth (env ACCEL_WEB_CONFIG_FILE)",
+    )
+    p.add_argument(
+        "--config.file",
+        dest="config",
+        default=_env("CONFIG_FILE"),
+        help="YAML configuration: prices, team rules, collectors (env ACCEL_CONFIG_FILE)",
+    )
+    p.add_argument(
+        "--collector.interval",
+        dest="interval",
+        default=_env("COLLECTOR_INTERVAL", "5s"),
+        help="poll interval, e.g. 1s, 5s, 30s (default 5s; env ACCEL_COLLECTOR_INTERVAL)",
+    )
+    p.add_argument(
+        "--collector.nvml",
+        dest="nvml",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("COLLECTOR_NVML"),
+        help="NVIDIA GPUs through NVML (default on; env ACCEL_COLLECTOR_NVML)",
+    )
+    p.add_argument(
+        "--collector.neuron",
+        dest="neuron",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("COLLECTOR_NEURON"),
+        help="AWS NeuronCores through neuron-monitor (default: on when the binary exists; env ACCEL_COLLECTOR_NEURON)",
+    )
+    p.add_argument(
+        "--neuron.monitor-path",
+        dest="neuron_path",
+        default=_env("NEURON_MONITOR_PATH"),
+        help="absolute path of neuron-monitor (default /opt/aws/neuron/bin/neuron-monitor; env ACCEL_NEURON_MONITOR_PATH)",
+    )
+    p.add_argument(
+        "--state.directory",
+        dest="state_dir",
+        default=_env("STATE_DIRECTORY", os.environ.get("STATE_DIRECTORY")),
+        help="where the price cache lives (default $STATE_DIRECTORY from systemd; env ACCEL_STATE_DIRECTORY)",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=sorted(LEVELS),
+        help="(env ACCEL_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default=_env("LOG_FORMAT", "logfmt"),
+        choices=("logfmt", "json"),
+        help="(env ACCEL_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--demo",
+        nargs="?",
+        const="p4d-idle-fleet",
+        default=_env("DEMO"),
+        metavar="SCENARIO",
+        help="run on simulated hardware: a built-in scenario name (default p4d-idle-fleet), a scenario file, or 'list'",
+    )
+    p.add_argument("--check-config", action="store_true", help="validate the configuration (and web config) and exit")
+    p.add_argument("--version", action="version", version=f"accel-cost-exporter {__version__}")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """Validate flag values; raises ValueError with the flag's name."""
+    interval = parse_duration(args.interval)
+    if interval is None or not 0.1 <= interval <= 3600:
+        raise ValueError(
+            f"--collector.interval: expected a duration from 100ms to 1h like '5s', found {args.interval!r}"
+        )
+    listen = args.listen or [
+        a.strip() for a in (_env("WEB_LISTEN_ADDRESS") or f":{DEFAULT_PORT}").split(",") if a.strip()
+    ]
+    from exporter.web.server import parse_listen_address
+
+    for address in listen:
+        try:
+            parse_listen_address(address)
+        except ValueError as exc:
+            raise ValueError(f"--web.listen-address: {exc}") from None
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/-/healthy", "/-/ready"):
+        raise ValueError(
+            f"--web.telemetry-path: expected a path starting with '/' other than the probes, found {args.telemetry_path!r}"
+        )
+    if args.neuron_path and not os.path.isabs(args.neuron_path):
+        raise ValueError(f"--neuron.monitor-path: expected an absolute path, found {args.neuron_path!r}")
+    return Options(
+        listen_addresses=tuple(listen),
+        telemetry_path=args.telemetry_path,
+        web_config_file=args.web_config,
+        config_file=args.config,
+        interval=interval,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        demo=args.demo,
+        collector_nvml=args.nvml is not False,
+        collector_neuron=args.neuron,
+        neuron_monitor_path=args.neuron_path,
+        state_directory=args.state_dir,
+    )
+
+
+def _check_web_config(path: str | None) -> None:
+    if path:
+        from exporter.web.webconfig import load_web_config
+
+        load_web_config(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `accel-cost-exporter` and `python -m exporter`."""
+    args = build_parser().parse_args(argv)
+    if args.demo == "list":
+        from exporter.sim.scenario import builtin_scenarios, load_scenario
+
+        for name in builtin_scenarios():
+            print(f"{name:18} {load_scenario(name).description.splitlines()[0][:100]}")
+        return 0
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        print(f"accel-cost-exporter: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(options.log_level, options.log_format)
+    try:
+        config = load_config(options.config_file)
+        _check_web_config(options.web_config_file)
+        if options.demo:
+            from exporter.sim.scenario import load_scenario
+
+            load_scenario(options.demo)
+    except ConfigInvalid as exc:
+        print(f"accel-cost-exporter: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the web-config loader's own error type, or anything unexpected
+        if type(exc).__name__ == "WebConfigInvalid":
+            print(f"accel-cost-exporter: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if args.check_config:
+        print(f"configuration OK ({options.config_file or 'defaults'})")
+        return 0
+    try:
+        return asyncio.run(Daemon(options, config).run())
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,130 @@
+"""The configuration file's schema as frozen dataclasses, one per top-level section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LIFECYCLES = ("on-demand", "spot", "reserved", "savings-plan", "capacity-block")
+RULE_KEYS = (
+    "user",
+    "unit",
+    "command",
+    "container",
+    "container_name",
+    "namespace",
+    "pod",
+    "pod_uid",
+    "cgroup",
+    "runtime_tag",
+)
+
+
+@dataclass(frozen=True)
+class AccountingSettings:
+    """How readings become states and money."""
+
+    # At or below this utilization (0-1) a device is idle; 0.01 follows gpu-pruner's noise floor.
+    idle_threshold: float = 0.01
+    # Waste is measured against this utilization (NVIDIA's SM-active 0.8 guidance).
+    target_utilization: float = 0.8
+    max_processes_per_device: int = 32
+    export_processes: bool = True
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """A static host identity; any field given here overrides what metadata services say."""
+
+    provider: str | None = None
+    instance_type: str | None = None
+    instance_id: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    lifecycle: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    """Where prices come from, in order: config, live cloud price APIs, the built-in table."""
+
+    instance_types: tuple[tuple[str, float], ...] = ()
+    device_models: tuple[tuple[str, float], ...] = ()
+    # Overrides the detected lifecycle for pricing, e.g. `reserved` with an effective rate above.
+    lifecycle: str | None = None
+    aws_enabled: bool = True
+    aws_timeout_seconds: float = 5.0
+    aws_endpoint_url: str | None = None
+    refresh_seconds: float = 86400.0
+    spot_refresh_seconds: float = 1800.0
+    # How the instance price is split over accelerators: "even" (all of it, divided by the count)
+    # or "opencost" (only the GPUs' share under OpenCost's default CPU/RAM/GPU unit-price weights).
+    split: str = "even"
+
+
+@dataclass(frozen=True)
+class AttributionRule:
+    """Facts to match (all must match; values are shell-style globs) and the owner they give."""
+
+    match: tuple[tuple[str, str], ...]
+    team: str
+    workload: str = ""
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """How processes and instances map to teams and workloads."""
+
+    rules: tuple[AttributionRule, ...] = ()
+    default_team: str = ""
+    default_workload: str = ""
+    team_tag: str = "Team"
+    workload_tag: str = "Workload"
+    max_label_values: int = 100
+    max_label_length: int = 64
+
+
+@dataclass(frozen=True)
+class MetadataSettings:
+    """Cloud metadata services used to learn the host's identity."""
+
+    providers: tuple[str, ...] = ("aws", "gcp", "azure")
+    timeout_seconds: float = 1.0
+    aws_endpoint: str = "http://169.254.169.254"
+    gcp_endpoint: str = "http://metadata.google.internal"
+    azure_endpoint: str = "http://169.254.169.254"
+    refresh_seconds: float = 3600.0
+    # Read instance tags from IMDS (needs InstanceMetadataTags=enabled; a 404 means not enabled).
+    aws_instance_tags: bool = True
+    # When IMDS tags are not enabled, ask EC2 DescribeTags instead (needs ec2:DescribeTags).
+    aws_describe_tags: bool = True
+
+
+@dataclass(frozen=True)
+class NeuronSettings:
+    """The neuron-monitor subprocess."""
+
+    monitor_path: str = "/opt/aws/neuron/bin/neuron-monitor"
+    period_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Pod attribution through the kubelet pod-resources API."""
+
+    enabled: bool | None = None  # None: on when the socket exists
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    refresh_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration file."""
+
+    accounting: AccountingSettings = field(default_factory=AccountingSettings)
+    host: HostSettings = field(default_factory=HostSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    neuron: NeuronSettings = field(default_factory=NeuronSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)

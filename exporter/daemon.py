@@ -1,0 +1,312 @@
+"""The daemon: wires sources → accounting → exposition, serves HTTP, handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from exporter.accounting.ledger import Ledger
+from exporter.clock import Clock, SystemClock
+from exporter.config import Config, ConfigInvalid, load_config
+from exporter.context.provider import ContextProvider
+from exporter.exposition.render import RenderCache
+from exporter.readings import SourceReport
+from exporter.sources.base import Source
+from exporter.sources.procfs import ProcessFacts, ProcFs
+from exporter.web.server import build_app, parse_listen_address
+
+log = logging.getLogger(__name__)
+
+CONTEXT_REFRESH_SECONDS = 60.0
+SHUTDOWN_GRACE_SECONDS = 1.5
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line settings (the YAML file is `Config`)."""
+
+    listen_addresses: tuple[str, ...] = (":11094",)
+    telemetry_path: str = "/metrics"
+    web_config_file: str | None = None
+    config_file: str | None = None
+    interval: float = 5.0
+    log_level: str = "info"
+    log_format: str = "logfmt"
+    demo: str | None = None
+    collector_nvml: bool = True
+    collector_neuron: bool | None = None  # None: on when neuron-monitor exists
+    neuron_monitor_path: str | None = None
+    state_directory: str | None = None
+
+
+class Daemon:
+    """One exporter process."""
+
+    def __init__(self, options: Options, config: Config, clock: Clock | None = None) -> None:
+        self.options = options
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.cache = RenderCache()
+        self.ledger = Ledger(config.accounting, config.attribution.max_label_values)
+        self.sources: list[Source] = []
+        self.provider: ContextProvider | None = None
+        self._ready = False
+        self._stop = asyncio.Event()
+        self._pending: dict[str, asyncio.Task[SourceReport]] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._runner: web.AppRunner | None = None
+        self._web_watcher: Any = None
+        self._context_error_seen: dict[str, int] = {}
+
+    # --- assembly ---------------------------------------------------------------------------
+    def _build_sources(self) -> None:
+        from exporter.sources.nvml import NvmlSource, load_pynvml
+
+        options, config = self.options, self.config
+        if options.demo:
+            self._build_demo_sources(options.demo)
+            return
+        if options.collector_nvml:
+            self.sources.append(NvmlSource(load_pynvml, self.clock, ProcFs()))
+        neuron_settings = config.neuron
+        if options.neuron_monitor_path:
+            neuron_settings = replace(neuron_settings, monitor_path=options.neuron_monitor_path)
+        if options.collector_neuron is not False:
+            from exporter.sources.neuron import NeuronSource, neuron_auto_enabled
+
+            if options.collector_neuron or neuron_auto_enabled(neuron_settings):
+                self.sources.append(NeuronSource(neuron_settings, self.clock, ProcFs()))
+            else:
+                log.info(
+                    "neuron collector off: %s not found (use --collector.neuron to force it on)",
+                    neuron_settings.monitor_path,
+                )
+
+    def _build_demo_sources(self, name: str) -> None:
+        from exporter.sim.fake_nvml import FakeNvml, SimProcFs
+        from exporter.sim.scenario import load_scenario
+        from exporter.sources.nvml import NvmlSource
+
+        scenario = load_scenario(name)
+        log.info("demo: simulating scenario %r (%s)", scenario.name, scenario.host.instance_type or "no instance type")
+        if scenario.gpus or scenario.nvml_missing or not scenario.neuron:
+            fake = FakeNvml(scenario, self.clock)
+            self.sources.append(NvmlSource(fake.module, self.clock, SimProcFs(fake)))
+        if scenario.neuron is not None:
+            from exporter.sim.neuron_monitor import write_fake_monitor_wrapper
+            from exporter.sources.neuron import NeuronSource
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="accel-demo-")
+            wrapper = write_fake_monitor_wrapper(Path(self._tmp.name), name)
+            runtimes = {rt.pid: rt for rt in scenario.neuron.runtimes}
+            started = self.clock.time()
+
+            class _NeuronProcFs:
+                def facts(self, pid: int) -> ProcessFacts | None:
+                    rt = runtimes.get(pid)
+                    if rt is None:
+                        return None
+                    return ProcessFacts(
+                        user=rt.user, command=rt.tag, start_time_seconds=started + rt.start, cgroup=rt.cgroup
+                    )
+
+            settings = replace(self.config.neuron, monitor_path=str(wrapper))
+            self.sources.append(NeuronSource(settings, self.clock, _NeuronProcFs()))
+
+    def _demo_host(self) -> Any:
+        if not self.options.demo:
+            return None
+        from exporter.sim.scenario import load_scenario
+
+        return load_scenario(self.options.demo).host
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._build_sources()
+        self.provider = (
+            ContextProvider(self.config, self.clock, self._demo_host(), state_directory=self.options.state_directory)
+            if _provider_takes_state()
+            else ContextProvider(self.config, self.clock, self._demo_host())
+        )
+        self._publish()
+        try:
+            await self._serve()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", ", ".join(self.options.listen_addresses), exc.strerror or exc)
+            await self._shutdown_sources()
+            return 1
+        await self._start_context()
+        for source in self.sources:
+            await source.start()
+        tasks = [
+            asyncio.create_task(self._poll_loop(), name="poll"),
+            asyncio.create_task(self._context_loop(), name="context"),
+        ]
+        await self._stop.wait()
+        log.info("shutting down")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (what SIGTERM does)."""
+        self._stop.set()
+
+    async def _serve(self) -> None:
+        middlewares: list[Any] = []
+        ssl_context = None
+        if self.options.web_config_file:
+            from exporter.web.webconfig import WebConfigWatcher, make_auth_middleware
+
+            self._web_watcher = WebConfigWatcher(self.options.web_config_file)
+            ssl_context = self._web_watcher.ssl_context()
+            middlewares.append(make_auth_middleware(self._web_watcher))
+        app = build_app(self.cache, lambda: self._ready, self.options.telemetry_path, middlewares)
+        # Probes and scrapes must stay responsive while idle or slow clients hold connections.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+        )
+        await self._runner.setup()
+        for address in self.options.listen_addresses:
+            host, port = parse_listen_address(address)
+            site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512, reuse_address=True)
+            await site.start()
+        log.info(
+            "listening on %s%s (%s)",
+            ", ".join(self.options.listen_addresses),
+            self.options.telemetry_path,
+            "https" if ssl_context else "http",
+        )
+
+    async def _start_context(self) -> None:
+        assert self.provider is not None
+        try:
+            await self.provider.start()
+        except Exception:
+            log.exception("context provider failed to start; continuing without price or identity")
+        self._record_context()
+
+    def _record_context(self) -> None:
+        assert self.provider is not None
+        known, duration = self.provider.status()
+        errors_fn = getattr(self.provider, "errors", None)
+        errors = dict(errors_fn()) if callable(errors_fn) else {}
+        self.ledger.record_collector("price", known, duration, self.clock.time() if known else None, None)
+        for reason, count in errors.items():
+            self._context_errors(reason, count)
+
+    def _context_errors(self, reason: str, cumulative: int) -> None:
+        # The provider reports cumulative counts; the ledger adds deltas.
+        seen = self._context_error_seen.get(reason, 0)
+        if cumulative > seen:
+            self.ledger.count_error("price", reason, cumulative - seen)
+            self._context_error_seen[reason] = cumulative
+
+    async def _poll_loop(self) -> None:
+        interval = self.options.interval
+        next_tick = self.clock.monotonic()
+        while True:
+            await self.poll_once()
+            next_tick += interval
+            now = self.clock.monotonic()
+            if next_tick < now:
+                # A slow cycle: skip the missed ticks rather than bursting to catch up.
+                next_tick = now + interval - ((now - next_tick) % interval)
+            await asyncio.sleep(next_tick - now)
+
+    async def poll_once(self) -> None:
+        """Poll every source once, integrate, publish a new snapshot."""
+        assert self.provider is not None
+        reports = await asyncio.gather(*(self._poll_source(s) for s in self.sources))
+        context = self.provider.current()
+        now = self.clock.monotonic()
+        for report in reports:
+            if report.host_hints is not None:
+                self.provider.note_hints(report.host_hints)
+            self.ledger.ingest(report, context, now)
+        self._publish()
+        self._ready = True
+
+    async def _poll_source(self, source: Source) -> SourceReport:
+        """A source's poll, bounded by the interval; a hung poll is reported, not waited for."""
+        pending = self._pending.get(source.name)
+        if pending is None or pending.done():
+            pending = self._pending[source.name] = asyncio.create_task(source.poll())
+        timeout = max(1.0, self.options.interval)
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s poll is taking longer than %.1fs; reporting it as failed", source.name, timeout)
+            return SourceReport(source.name, (), False, timeout, self.clock.time(), (("timeout", 1),), complete=False)
+        except Exception as exc:  # a source must not raise, but one bug must not stop the loop
+            log.exception("%s poll raised", source.name)
+            return SourceReport(
+                source.name, (), False, 0.0, self.clock.time(), ((type(exc).__name__, 1),), complete=False
+            )
+
+    async def _context_loop(self) -> None:
+        assert self.provider is not None
+        while True:
+            await asyncio.sleep(CONTEXT_REFRESH_SECONDS)
+            try:
+                await self.provider.refresh()
+            except Exception:
+                log.exception("context refresh failed; keeping the previous context")
+            self._record_context()
+
+    def _publish(self) -> None:
+        self.cache.update(self.ledger.snapshot(self.clock.monotonic()))
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the configuration; a bad file is refused and the old one stays."""
+        try:
+            config = load_config(self.options.config_file)
+        except ConfigInvalid as exc:
+            log.error("configuration reload refused, keeping the previous one: %s", exc)
+            self.ledger.count_error("config", "reload_invalid")
+            return False
+        self.config = config
+        self.ledger.update_settings(config.accounting)
+        provider = ContextProvider(config, self.clock, self._demo_host())
+        await provider.start()
+        self.provider = provider
+        self._record_context()
+        log.info("configuration reloaded from %s", self.options.config_file or "defaults")
+        return True
+
+    async def _shutdown_sources(self) -> None:
+        for source in self.sources:
+            try:
+                await asyncio.wait_for(source.stop(), SHUTDOWN_GRACE_SECONDS)
+            except Exception as exc:
+                log.warning("stopping %s: %s", source.name, exc)
+
+    async def _shutdown(self) -> None:
+        await self._shutdown_sources()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _provider_takes_state() -> bool:
+    import inspect
+
+    return "state_directory" in inspect.signature(ContextProvider.__init__).parameters

@@ -1,0 +1,1 @@
+"""Exposition: a custom collector over the latest snapshot, rendered once and cached."""

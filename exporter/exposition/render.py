@@ -1,0 +1,67 @@
+"""Render once per snapshot, serve cached bytes to every scrape.
+
+Scrape cost must not grow with the number of scrapers: the text format (plain and gzipped) is
+rendered right after each poll; OpenMetrics is rendered on first request and cached too.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter.accounting.snapshot import Snapshot
+from exporter.exposition.collector import SnapshotCollector
+
+TEXT_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One encoding of one snapshot, plain and gzipped."""
+
+    body: bytes
+    gzipped: bytes
+    content_type: str
+
+
+def _pack(body: bytes, content_type: str) -> Rendered:
+    # Level 6 is a good size/CPU balance; this runs once per snapshot, not per scrape.
+    return Rendered(body, gzip.compress(body, compresslevel=6, mtime=0), content_type)
+
+
+class RenderCache:
+    """Holds the latest snapshot's rendered bytes."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self._collector = SnapshotCollector()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self._collector)
+        if process_metrics:
+            ProcessCollector(registry=self._registry)
+        self._text: Rendered | None = None
+        self._openmetrics: Rendered | None = None
+        self.version = 0
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Render the text format for a new snapshot; OpenMetrics waits until someone asks."""
+        self._collector.set(snapshot)
+        self._text = _pack(generate_latest(self._registry), TEXT_CONTENT_TYPE)
+        self._openmetrics = None
+        self.version = snapshot.version
+
+    def text(self) -> Rendered | None:
+        """The text format 0.0.4, or None before the first snapshot."""
+        return self._text
+
+    def openmetrics(self) -> Rendered | None:
+        """OpenMetrics 1.0.0, rendered at most once per snapshot."""
+        if self._text is None:
+            return None
+        if self._openmetrics is None:
+            self._openmetrics = _pack(generate_openmetrics(self._registry), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
+        return self._openmetrics

@@ -1,0 +1,1 @@
+"""Simulated hardware: a pynvml-compatible module and a fake neuron-monitor, driven by scenarios."""

@@ -1,0 +1,367 @@
+"""A pynvml-compatible module driven by a scenario: the simulated NVIDIA driver.
+
+It implements exactly the calls the NVML source makes, raises the real binding's exception
+classes with NVML's codes (so `except pynvml.NVMLError_GpuIsLost` works unchanged), returns the
+binding's own ctypes structures where the source reads fields, and produces the driver's
+utilization sample buffer from the scenario's exact busy integrals.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+from exporter.clock import Clock
+from exporter.sim.scenario import Fault, Gpu, MigInstance, Scenario, SimProcess
+from exporter.sources.procfs import ProcessFacts
+
+# Constants and types the source uses, taken from the real binding.
+NVMLError = pynvml.NVMLError
+NVMLError_NotFound = pynvml.NVMLError_NotFound
+NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+NVMLError_FunctionNotFound = pynvml.NVMLError_FunctionNotFound
+NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+NVMLError_Timeout = pynvml.NVMLError_Timeout
+NVMLError_Unknown = pynvml.NVMLError_Unknown
+NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+NVML_GPU_UTILIZATION_SAMPLES = pynvml.NVML_GPU_UTILIZATION_SAMPLES
+NVML_VALUE_TYPE_UNSIGNED_INT = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
+nvmlMemory_v2 = pynvml.nvmlMemory_v2
+nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
+MAX_MIG_DEVICES = 7
+
+
+def error_code(name: str) -> int:
+    """NVML's code for an exception class name such as `GpuIsLost` or `NVMLError_Unknown`."""
+    wanted = name if name.startswith("NVMLError_") else f"NVMLError_{name}"
+    cls = getattr(pynvml, wanted, None)
+    for code, mapped in NVMLError._valClassMapping.items():
+        if mapped is cls:
+            return int(code)
+    return int(pynvml.NVML_ERROR_UNKNOWN)
+
+
+@dataclass(frozen=True)
+class _Handle:
+    gpu: int
+    mig: MigInstance | None = None
+
+
+@dataclass(frozen=True)
+class _Running:
+    pid: int
+    device: str
+    memory: int
+    spec: SimProcess
+    started_at: float  # scenario time the process started
+
+
+class FakeNvml:
+    """The simulated driver. Use `module()` to get an object shaped like `pynvml`."""
+
+    def __init__(self, scenario: Scenario, clock: Clock) -> None:
+        self.scenario = scenario
+        self._clock = clock
+        self._start_mono = clock.monotonic()
+        self._start_wall = clock.time()
+        self._initialised = 0
+        self._calls: dict[str, int] = {}
+        self._gpus = {g.index: g for g in scenario.gpus}
+        self._ordered = sorted(self._gpus)
+        self._events_seen: set[tuple[int, float]] = set()
+
+    # --- time -------------------------------------------------------------------------------
+    def now(self) -> float:
+        """Scenario time in seconds."""
+        return self._clock.monotonic() - self._start_mono
+
+    def _timestamp_us(self, t: float) -> int:
+        return round((self._start_wall + t) * 1_000_000)
+
+    # --- faults -----------------------------------------------------------------------------
+    def _active(self, fault: Fault, t: float) -> bool:
+        return t >= fault.at and (fault.until is None or t < fault.until)
+
+    def _check(self, call: str, gpu: Gpu | None) -> None:
+        t = self.now()
+        count = self._calls[call] = self._calls.get(call, 0) + 1
+        faults = list(self.scenario.nvml_faults) + (list(gpu.faults) if gpu else [])
+        for fault in faults:
+            if not self._active(fault, t):
+                continue
+            if fault.type == "lost" and gpu is not None and call != "nvmlDeviceGetHandleByIndex":
+                raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+            if fault.call not in ("*", call):
+                continue
+            if fault.type == "unsupported":
+                raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            if fault.type == "error" and count % fault.every == 0:
+                raise NVMLError(error_code(fault.error))
+
+    def _gpu(self, handle: _Handle, call: str) -> Gpu:
+        if self._initialised <= 0:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        gpu = self._gpus[handle.gpu]
+        self._check(call, gpu)
+        return gpu
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.nvmlInitWithFlags(0)
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        if self.scenario.nvml_missing:
+            raise NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        t = self.now()
+        for fault in self.scenario.nvml_faults:
+            if fault.type == "init_error" and self._active(fault, t):
+                raise NVMLError(error_code(fault.error))
+        self._initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self._initialised = max(0, self._initialised - 1)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check("nvmlSystemGetDriverVersion", None)
+        return self.scenario.driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        if self._initialised <= 0:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._check("nvmlDeviceGetCount", None)
+        return len(self._ordered)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        if self._initialised <= 0:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        if not 0 <= index < len(self._ordered):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        handle = _Handle(self._ordered[index])
+        self._gpu(handle, "nvmlDeviceGetHandleByIndex")
+        return handle
+
+    # --- identity -----------------------------------------------------------------------------
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        gpu = self._gpu(handle, "nvmlDeviceGetUUID")
+        seed = f"{self.scenario.name}/{self.scenario.host.instance_id}/{gpu.index}"
+        if handle.mig is not None:
+            return "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{seed}/mig{handle.mig.gi}"))
+        return gpu.uuid or "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, seed))
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
+        gpu = self._gpu(handle, "nvmlDeviceGetName")
+        if handle.mig is not None:
+            return f"{gpu.model} MIG {handle.mig.slices}g.{handle.mig.memory_total // 2**30}gb"
+        return gpu.model
+
+    def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:
+        return self._gpu(handle, "nvmlDeviceGetMinorNumber").index
+
+    # --- MIG --------------------------------------------------------------------------------
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
+        gpu = self._gpu(handle, "nvmlDeviceGetMigMode")
+        mode = NVML_DEVICE_MIG_ENABLE if gpu.mig else 0
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
+        self._gpu(handle, "nvmlDeviceGetMaxMigDeviceCount")
+        return MAX_MIG_DEVICES
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
+        gpu = self._gpu(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if index >= len(gpu.mig):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return _Handle(gpu.index, gpu.mig[index])
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:
+        self._gpu(handle, "nvmlDeviceGetGpuInstanceId")
+        if handle.mig is None:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle.mig.gi
+
+    def nvmlDeviceGetAttributes_v2(self, handle: _Handle) -> Any:
+        self._gpu(handle, "nvmlDeviceGetAttributes_v2")
+        attrs = pynvml.c_nvmlDeviceAttributes()
+        slices = handle.mig.slices if handle.mig else MAX_MIG_DEVICES
+        attrs.gpuInstanceSliceCount = slices
+        attrs.computeInstanceSliceCount = slices
+        attrs.multiprocessorCount = 14 * slices
+        return attrs
+
+    # --- activity ---------------------------------------------------------------------------
+    def _no_mig_activity(self, handle: _Handle) -> None:
+        # NVML: "On MIG-enabled GPUs, querying device utilization rates is not currently supported".
+        if handle.mig is not None or self._gpus[handle.gpu].mig:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def nvmlDeviceGetSamples(self, handle: _Handle, sampling_type: int, last_seen_us: int) -> tuple[int, list[Any]]:
+        gpu = self._gpu(handle, "nvmlDeviceGetSamples")
+        self._no_mig_activity(handle)
+        if sampling_type != NVML_GPU_UTILIZATION_SAMPLES:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        period = self.scenario.sample_period
+        newest = int(self.now() / period)
+        oldest = max(1, newest - self.scenario.buffer_samples + 1)
+        samples = []
+        for k in range(oldest, newest + 1):
+            ts = self._timestamp_us(k * period)
+            if ts <= last_seen_us:
+                continue
+            sample = pynvml.c_nvmlSample_t()
+            sample.timeStamp = ts
+            busy = gpu.utilization.busy((k - 1) * period, k * period)
+            sample.sampleValue.uiVal = round(100.0 * busy / period)
+            samples.append(sample)
+        if not samples:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return NVML_VALUE_TYPE_UNSIGNED_INT, samples
+
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> Any:
+        gpu = self._gpu(handle, "nvmlDeviceGetUtilizationRates")
+        self._no_mig_activity(handle)
+        period = self.scenario.sample_period
+        end = int(self.now() / period) * period
+        rates = pynvml.c_nvmlUtilization_t()
+        rates.gpu = round(100.0 * gpu.utilization.busy(end - period, end) / period) if end > 0 else 0
+        rates.memory = 0
+        return rates
+
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> Any:
+        gpu = self._gpu(handle, "nvmlDeviceGetMemoryInfo")
+        if version == nvmlMemory_v2:
+            self._check("nvmlDeviceGetMemoryInfo_v2", gpu)
+        total = handle.mig.memory_total if handle.mig else gpu.memory_total
+        used = sum(p.memory for p in self._running_on(handle)) + (0 if handle.mig else gpu.memory_baseline)
+        info = pynvml.c_nvmlMemory_v2_t() if version == nvmlMemory_v2 else pynvml.c_nvmlMemory_t()
+        info.total = total
+        info.used = min(used, total)
+        info.free = total - info.used
+        return info
+
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
+        gpu = self._gpu(handle, "nvmlDeviceGetPowerUsage")
+        if handle.mig is not None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        level = gpu.utilization.level(self.now())
+        return round(1000 * (gpu.power_idle_watts + (gpu.power_max_watts - gpu.power_idle_watts) * level))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
+        gpu = self._gpu(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        if handle.mig is not None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        t = self.now()
+        joules = gpu.power_idle_watts * t + (gpu.power_max_watts - gpu.power_idle_watts) * gpu.utilization.busy(0.0, t)
+        return int(joules * 1000)
+
+    # --- processes ----------------------------------------------------------------------------
+    def running_processes(self) -> list[_Running]:
+        """Every simulated process alive now (the simulator's /proc)."""
+        t = self.now()
+        alive: list[_Running] = []
+        for spec in self.scenario.processes:
+            if spec.every > 0:
+                first = max(0, int((t - spec.start - spec.lifetime) // spec.every))
+                k = first
+                while spec.start + k * spec.every <= t:
+                    born = spec.start + k * spec.every
+                    if t < born + spec.lifetime and (spec.end is None or born < spec.end):
+                        alive.append(_Running(spec.pid + k, spec.device, spec.memory, spec, born))
+                    k += 1
+            elif t >= spec.start and (spec.end is None or t < spec.end):
+                alive.append(_Running(spec.pid, spec.device, spec.memory, spec, spec.started))
+        return alive
+
+    def _device_key(self, handle: _Handle) -> str:
+        return f"{handle.gpu}/{handle.mig.gi}" if handle.mig else str(handle.gpu)
+
+    def _running_on(self, handle: _Handle) -> list[_Running]:
+        key = self._device_key(handle)
+        if handle.mig is None and self._gpus[handle.gpu].mig:
+            return [p for p in self.running_processes() if p.device.split("/")[0] == key]
+        return [p for p in self.running_processes() if p.device == key]
+
+    def _process_list(self, handle: _Handle, call: str) -> list[Any]:
+        self._gpu(handle, call)
+        out = []
+        for proc in self._running_on(handle):
+            gi = int(proc.device.split("/")[1]) if "/" in proc.device else 0xFFFFFFFF
+            out.append(
+                SimpleNamespace(
+                    pid=proc.pid,
+                    usedGpuMemory=proc.memory,
+                    gpuInstanceId=gi,
+                    computeInstanceId=0 if "/" in proc.device else 0xFFFFFFFF,
+                )
+            )
+        return out
+
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, handle: _Handle) -> list[Any]:
+        return self._process_list(handle, "nvmlDeviceGetComputeRunningProcesses_v3")
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: _Handle) -> list[Any]:
+        return self._process_list(handle, "nvmlDeviceGetComputeRunningProcesses_v2")
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: _Handle) -> list[Any]:
+        self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses_v3")
+        return []
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, handle: _Handle) -> list[Any]:
+        self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses_v2")
+        return []
+
+    # --- XID events -----------------------------------------------------------------------------
+    def nvmlEventSetCreate(self) -> object:
+        self._check("nvmlEventSetCreate", None)
+        return object()
+
+    def nvmlDeviceRegisterEvents(self, handle: _Handle, event_types: int, event_set: object) -> None:
+        self._gpu(handle, "nvmlDeviceRegisterEvents")
+
+    def nvmlEventSetWait_v2(self, event_set: object, timeout_ms: int) -> Any:
+        t = self.now()
+        for gpu in self.scenario.gpus:
+            for fault in gpu.faults:
+                key = (gpu.index, fault.at)
+                if fault.type == "xid" and t >= fault.at and key not in self._events_seen:
+                    self._events_seen.add(key)
+                    return SimpleNamespace(
+                        device=_Handle(gpu.index),
+                        eventType=nvmlEventTypeXidCriticalError,
+                        eventData=fault.xid,
+                        gpuInstanceId=0xFFFFFFFF,
+                        computeInstanceId=0xFFFFFFFF,
+                    )
+        raise NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    def module(self) -> Any:
+        """An object with pynvml's attribute names: constants, exceptions and the calls above."""
+        names: dict[str, Any] = {name: getattr(self, name) for name in dir(self) if name.startswith("nvml")}
+        for name in dir(pynvml):
+            if name.startswith(("NVMLError", "NVML_", "nvmlEventType", "nvmlMemory_v")):
+                names.setdefault(name, getattr(pynvml, name))
+        return SimpleNamespace(**names)
+
+
+class SimProcFs:
+    """The simulator's /proc: facts for the processes alive in the scenario."""
+
+    def __init__(self, fake: FakeNvml, extra: Callable[[int], ProcessFacts | None] | None = None) -> None:
+        self._fake = fake
+        self._extra = extra
+
+    def facts(self, pid: int) -> ProcessFacts | None:
+        """Facts for a simulated pid, or None when it is not alive."""
+        for proc in self._fake.running_processes():
+            if proc.pid == pid:
+                wall = self._fake._start_wall + proc.started_at
+                return ProcessFacts(
+                    user=proc.spec.user, command=proc.spec.command, start_time_seconds=wall, cgroup=proc.spec.cgroup
+                )
+        return self._extra(pid) if self._extra else None

@@ -1,0 +1,1 @@
+"""Sources turn a device API into plain readings; they never compute money."""

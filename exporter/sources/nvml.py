@@ -1,0 +1,485 @@
+"""The NVIDIA source: every GPU and MIG instance through NVML (the `pynvml` API).
+
+NVML calls block, so every call runs on one dedicated worker thread. The module is injected:
+production passes the real `pynvml` from nvidia-ml-py, the simulator passes its fake, and the
+code below cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from typing import Any
+
+from exporter.clock import Clock
+from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, ProcessReading, SourceReport
+from exporter.sources.procfs import ProcessFactsReader
+
+log = logging.getLogger(__name__)
+
+NO_ID = 0xFFFFFFFF
+MIG_SLICES_DEFAULT = 7  # A100, H100, H200, B200 have 7 compute slices
+MIG_SLICES_BY_MODEL = {"A30": 4}
+MAX_EVENTS_PER_POLL = 256
+_VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+class DeviceLost(Exception):
+    """The device stopped answering (GpuIsLost, or Unknown, which usually means a dying GPU)."""
+
+
+def load_pynvml() -> Any:
+    """Import NVIDIA's binding and check it is the real one (not a foreign `pynvml.py`)."""
+    import pynvml
+
+    if not hasattr(pynvml, "nvmlInitWithFlags") or not hasattr(pynvml, "_nvmlGetFunctionPointer"):
+        raise ImportError(
+            "the installed 'pynvml' module is not NVIDIA's nvidia-ml-py; uninstall 'pynvml' and install 'nvidia-ml-py'"
+        )
+    return pynvml
+
+
+@dataclass
+class _Device:
+    """Mutable per-device driver state; it lives only inside the NVML worker thread."""
+
+    handle: Any
+    identity: DeviceIdentity
+    is_mig: bool = False
+    mig_enabled: bool = False
+    last_seen_us: int | None = None
+    sample_period_us: int | None = None
+    last_utilization: float | None = None
+    last_poll: float | None = None
+    unsupported: set[str] = field(default_factory=set)
+    lost: bool = False
+
+
+class NvmlSource:
+    """Polls NVML; see the module docstring."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        load_module: Callable[[], Any],
+        clock: Clock,
+        proc_reader: ProcessFactsReader,
+        *,
+        retry_initial: float = 5.0,
+        retry_max: float = 300.0,
+    ) -> None:
+        self._load_module = load_module
+        self._clock = clock
+        self._proc = proc_reader
+        self._nvml: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._devices: list[_Device] = []
+        self._by_uuid: dict[str, _Device] = {}
+        self._event_set: Any = None
+        self._initialised = False
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._retry_delay = retry_initial
+        self._next_init = 0.0
+        self._init_problem = ""
+        self._known: tuple[DeviceIdentity, ...] = ()
+
+    async def start(self) -> None:
+        """Initialise NVML on the worker thread; failure is logged and retried by `poll`."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._try_init, Counter[str]())
+
+    async def poll(self) -> SourceReport:
+        """Read every device; never raises."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._poll_sync)
+
+    async def stop(self) -> None:
+        """Shut NVML down and stop the worker thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._shutdown)
+        self._executor.shutdown(wait=True)
+
+    # --- lifecycle (worker thread) ------------------------------------------------------------
+    def _try_init(self, errors: Counter[str]) -> None:
+        now = self._clock.monotonic()
+        if self._initialised or now < self._next_init:
+            return
+        try:
+            if self._nvml is None:
+                self._nvml = self._load_module()
+            self._nvml.nvmlInit()
+        except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            reason = _reason(exc)
+            errors[reason] += 1
+            problem = f"{reason}: {exc}"
+            if problem != self._init_problem:
+                log.error(
+                    "NVML unavailable (%s); GPU metrics are off, retrying with backoff up to %.0fs. %s",
+                    problem,
+                    self._retry_max,
+                    _hint(reason),
+                )
+                self._init_problem = problem
+            self._next_init = now + self._retry_delay
+            self._retry_delay = min(self._retry_max, self._retry_delay * 2)
+            return
+        self._initialised = True
+        self._retry_delay = self._retry_initial
+        self._init_problem = ""
+        try:
+            self._enumerate()
+        except Exception as exc:
+            errors[_reason(exc)] += 1
+            log.error("NVML initialised but enumerating GPUs failed (%s); will retry", exc)
+            self._shutdown()
+            self._next_init = now + self._retry_delay
+            return
+        log.info(
+            "NVML ready: %d device(s), driver %s",
+            len(self._devices),
+            self._devices[0].identity.driver_version if self._devices else "?",
+        )
+
+    def _shutdown(self) -> None:
+        if self._initialised and self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception as exc:
+                log.debug("nvmlShutdown failed: %s", exc)
+        self._initialised = False
+        self._event_set = None
+
+    def _enumerate(self) -> None:
+        nvml = self._nvml
+        driver = _text(nvml.nvmlSystemGetDriverVersion())
+        devices: list[_Device] = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+            model = _text(nvml.nvmlDeviceGetName(handle))
+            try:
+                minor = int(nvml.nvmlDeviceGetMinorNumber(handle))
+            except nvml.NVMLError:
+                minor = index  # Windows and some containers: fall back to the enumeration index
+            name = f"nvidia{minor}"
+            migs = self._mig_children(handle, name, model, driver)
+            remainder = max(0.0, 1.0 - sum(m.identity.price_units for m in migs)) if migs else 1.0
+            identity = DeviceIdentity(
+                name, uuid, "nvidia", model, "gpu", "", driver, physical=True, price_units=remainder
+            )
+            devices.append(_Device(handle, identity, mig_enabled=bool(migs)))
+            devices.extend(migs)
+        self._devices = devices
+        self._by_uuid = {d.identity.uuid: d for d in devices}
+        self._known = tuple(d.identity for d in devices)
+        self._register_events()
+
+    def _mig_children(self, handle: Any, parent: str, model: str, driver: str) -> list[_Device]:
+        nvml = self._nvml
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        except nvml.NVMLError:
+            return []
+        if current != nvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        total_slices = next((n for key, n in MIG_SLICES_BY_MODEL.items() if key in model), MIG_SLICES_DEFAULT)
+        children = []
+        for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+            except nvml.NVMLError:
+                continue  # empty slot (NotFound / InvalidArgument)
+            gi = int(nvml.nvmlDeviceGetGpuInstanceId(mig))
+            try:
+                slices = int(nvml.nvmlDeviceGetAttributes_v2(mig).gpuInstanceSliceCount)
+            except nvml.NVMLError:
+                slices = 1
+            identity = DeviceIdentity(
+                device=f"{parent}-mig{gi}",
+                uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
+                vendor="nvidia",
+                model=_text(nvml.nvmlDeviceGetName(mig)),
+                kind="mig",
+                parent=parent,
+                driver_version=driver,
+                physical=False,
+                price_units=min(1.0, slices / total_slices),
+            )
+            children.append(_Device(mig, identity, is_mig=True))
+        return children
+
+    def _register_events(self) -> None:
+        nvml = self._nvml
+        try:
+            self._event_set = nvml.nvmlEventSetCreate()
+            for dev in self._devices:
+                if not dev.is_mig:
+                    try:
+                        nvml.nvmlDeviceRegisterEvents(dev.handle, nvml.nvmlEventTypeXidCriticalError, self._event_set)
+                    except nvml.NVMLError as exc:
+                        log.debug("XID events not available on %s: %s", dev.identity.device, exc)
+        except (nvml.NVMLError, AttributeError) as exc:
+            log.info("XID events unavailable: %s", exc)
+            self._event_set = None
+
+    # --- polling (worker thread) ---------------------------------------------------------------
+    def _poll_sync(self) -> SourceReport:
+        started = self._clock.monotonic()
+        errors: Counter[str] = Counter()
+        self._try_init(errors)
+        if not self._initialised:
+            readings = tuple(DeviceReading(identity=i, up=False) for i in self._known)
+            return SourceReport(
+                self.name,
+                readings,
+                False,
+                self._clock.monotonic() - started,
+                self._clock.time(),
+                tuple(errors.items()),
+                complete=False,
+                message=self._init_problem,
+            )
+        readings_list = []
+        for dev in self._devices:
+            try:
+                readings_list.append(self._read(dev, errors))
+                if dev.lost:
+                    log.warning("GPU %s answers again", dev.identity.device)
+                    dev.lost = False
+            except DeviceLost as exc:
+                errors[str(exc)] += 1
+                if not dev.lost:
+                    log.error(
+                        "GPU %s (%s) is lost: %s; its metrics show accel_device_up 0",
+                        dev.identity.device,
+                        dev.identity.uuid,
+                        exc,
+                    )
+                    dev.lost = True
+                dev.last_seen_us = None  # history after a loss is not trustworthy
+                readings_list.append(DeviceReading(identity=dev.identity, up=False))
+        counters = self._drain_events(errors)
+        readings = tuple(readings_list)
+        if counters:
+            readings = tuple(replace(r, counters=r.counters + counters.get(r.identity.device, ())) for r in readings)
+        success = all(r.up for r in readings)
+        return SourceReport(
+            self.name, readings, success, self._clock.monotonic() - started, self._clock.time(), tuple(errors.items())
+        )
+
+    def _call(self, dev: _Device, name: str, errors: Counter[str], *args: Any, **kwargs: Any) -> Any:
+        """One NVML call: None for unsupported fields, DeviceLost for a dead GPU, others counted."""
+        if name in dev.unsupported:
+            return None
+        nvml = self._nvml
+        try:
+            return getattr(nvml, name)(dev.handle, *args, **kwargs)
+        except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound):
+            dev.unsupported.add(name)  # cache the negative answer: no retry, no log per tick
+            return None
+        except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
+            raise DeviceLost(_reason(exc)) from None
+        except nvml.NVMLError as exc:
+            errors[_reason(exc)] += 1
+            return None
+        except UnicodeDecodeError:
+            errors["Unknown"] += 1
+            return None
+
+    def _read(self, dev: _Device, errors: Counter[str]) -> DeviceReading:
+        now = self._clock.monotonic()
+        memory = self._memory(dev, errors)
+        busy: float | None = None
+        covered = 0.0
+        utilization: float | None = None
+        power = energy = None
+        if not dev.is_mig and not dev.mig_enabled:
+            busy, covered, utilization = self._activity(dev, errors, now)
+            milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
+            power = milliwatts / 1000.0 if milliwatts is not None else None
+            millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
+            energy = millijoules / 1000.0 if millijoules is not None else None
+        elif dev.mig_enabled:
+            # The parent's own activity is not reported in MIG mode; power and energy are device-wide.
+            milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
+            power = milliwatts / 1000.0 if milliwatts is not None else None
+            millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
+            energy = millijoules / 1000.0 if millijoules is not None else None
+        processes = () if dev.mig_enabled else self._processes(dev, errors)
+        dev.last_poll = now
+        return DeviceReading(
+            identity=dev.identity,
+            up=True,
+            busy_seconds=busy,
+            covered_seconds=covered,
+            utilization=utilization,
+            memory_used_bytes=memory[0] if memory else None,
+            memory_total_bytes=memory[1] if memory else None,
+            power_watts=power,
+            energy_joules=energy,
+            processes=processes,
+        )
+
+    def _memory(self, dev: _Device, errors: Counter[str]) -> tuple[int, int] | None:
+        nvml = self._nvml
+        info = None
+        if "memory_v2" not in dev.unsupported:
+            try:
+                info = nvml.nvmlDeviceGetMemoryInfo(dev.handle, version=nvml.nvmlMemory_v2)
+            except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound, TypeError):
+                dev.unsupported.add("memory_v2")  # driver older than 510.39: v1 counts reserved as used
+            except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
+                raise DeviceLost(_reason(exc)) from None
+            except nvml.NVMLError as exc:
+                errors[_reason(exc)] += 1
+                return None
+        if info is None:
+            info = self._call(dev, "nvmlDeviceGetMemoryInfo", errors)
+        if info is None:
+            return None
+        return int(info.used), int(info.total)
+
+    def _activity(self, dev: _Device, errors: Counter[str], now: float) -> tuple[float | None, float, float | None]:
+        """Busy seconds and covered seconds since the last poll, from the driver's sample buffer."""
+        nvml = self._nvml
+        if "nvmlDeviceGetSamples" not in dev.unsupported:
+            try:
+                value_type, samples = nvml.nvmlDeviceGetSamples(
+                    dev.handle, nvml.NVML_GPU_UTILIZATION_SAMPLES, dev.last_seen_us or 0
+                )
+            except nvml.NVMLError_NotFound:
+                return 0.0, 0.0, dev.last_utilization  # no new samples since the last poll
+            except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound):
+                dev.unsupported.add("nvmlDeviceGetSamples")
+                log.info("%s: no utilization sample buffer; falling back to point readings", dev.identity.device)
+            except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
+                raise DeviceLost(_reason(exc)) from None
+            except nvml.NVMLError as exc:
+                errors[_reason(exc)] += 1
+                return 0.0, 0.0, dev.last_utilization  # samples stay in the buffer for the next poll
+            else:
+                return self._integrate(dev, value_type, samples, errors)
+        return self._point(dev, errors, now)
+
+    def _integrate(
+        self, dev: _Device, value_type: int, samples: list[Any], errors: Counter[str]
+    ) -> tuple[float | None, float, float | None]:
+        attr = _VALUE_FIELDS.get(int(value_type), "uiVal")
+        points = sorted((int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples)
+        if dev.last_seen_us is None:
+            # First contact: skip the buffer's history, start integrating from the newest sample.
+            dev.last_seen_us = points[-1][0]
+            dev.last_utilization = min(1.0, points[-1][1] / 100.0)
+            return 0.0, 0.0, dev.last_utilization
+        gaps = [b[0] - a[0] for a, b in pairwise(points) if b[0] > a[0]]
+        if gaps:
+            period = min(gaps)
+            dev.sample_period_us = period if dev.sample_period_us is None else min(dev.sample_period_us, period)
+        period_us = dev.sample_period_us
+        busy = covered = 0.0
+        previous = dev.last_seen_us
+        for ts, value in points:
+            if ts <= previous:
+                continue
+            gap = (ts - previous) / 1e6
+            level = min(1.0, max(0.0, value / 100.0))
+            if period_us is not None and ts - previous > 2 * period_us:
+                # The ring buffer overflowed: samples between `previous` and this one are gone.
+                # Count the gap at this sample's level and say so in the self-metrics.
+                errors["samples_lost"] += 1
+            busy += gap * level
+            covered += gap
+            previous = ts
+        dev.last_seen_us = previous
+        utilization = busy / covered if covered > 0 else dev.last_utilization
+        dev.last_utilization = utilization
+        return busy, covered, utilization
+
+    def _point(self, dev: _Device, errors: Counter[str], now: float) -> tuple[float | None, float, float | None]:
+        rates = self._call(dev, "nvmlDeviceGetUtilizationRates", errors)
+        if rates is None:
+            return None, 0.0, None
+        level = min(1.0, int(rates.gpu) / 100.0)
+        dt = now - dev.last_poll if dev.last_poll is not None else 0.0
+        dev.last_utilization = level
+        return level * dt, dt, level
+
+    def _processes(self, dev: _Device, errors: Counter[str]) -> tuple[ProcessReading, ...]:
+        memory_by_pid: dict[int, int | None] = {}
+        for kind in ("Compute", "Graphics"):
+            listed = None
+            for version in ("_v3", "_v2"):
+                name = f"nvmlDeviceGet{kind}RunningProcesses{version}"
+                if name in dev.unsupported or not hasattr(self._nvml, name):
+                    continue
+                listed = self._call(dev, name, errors)
+                if listed is not None:
+                    break
+            for proc in listed or ():
+                pid = int(proc.pid)
+                used = proc.usedGpuMemory
+                used_int = int(used) if used is not None else None
+                previous = memory_by_pid.get(pid)
+                memory_by_pid[pid] = used_int if previous is None else max(previous, used_int or 0)
+        out = []
+        for pid, used in sorted(memory_by_pid.items()):
+            facts = self._proc.facts(pid)
+            if facts is None:
+                # NVML lists it but /proc does not: a container without hostPID, or it just exited.
+                out.append(ProcessReading(pid=pid, used_memory_bytes=used))
+            else:
+                out.append(ProcessReading(pid, used, facts.user, facts.command, facts.start_time_seconds, facts.cgroup))
+        return tuple(out)
+
+    def _drain_events(self, errors: Counter[str]) -> dict[str, tuple[CounterDelta, ...]]:
+        nvml = self._nvml
+        if self._event_set is None:
+            return {}
+        found: dict[str, list[CounterDelta]] = {}
+        for _ in range(MAX_EVENTS_PER_POLL):
+            try:
+                event = nvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except nvml.NVMLError_Timeout:
+                break
+            except nvml.NVMLError as exc:
+                errors[_reason(exc)] += 1
+                break
+            try:
+                uuid = _text(nvml.nvmlDeviceGetUUID(event.device))
+            except nvml.NVMLError:
+                continue
+            dev = self._by_uuid.get(uuid)
+            if dev is None:
+                continue
+            xid = str(int(event.eventData))
+            log.warning("XID %s on %s (%s)", xid, dev.identity.device, uuid)
+            found.setdefault(dev.identity.device, []).append(
+                CounterDelta("accel_nvidia_xid_errors_total", (("xid", xid),), 1.0)
+            )
+        return {k: tuple(v) for k, v in found.items()}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return name.removeprefix("NVMLError_") if name.startswith("NVMLError_") else name
+
+
+def _hint(reason: str) -> str:
+    hints = {
+        "LibraryNotFound": "libnvidia-ml.so.1 could not be loaded: install the NVIDIA driver, or run the container with the NVIDIA runtime and NVIDIA_DRIVER_CAPABILITIES=utility.",
+        "DriverNotLoaded": "The NVIDIA kernel module is not loaded.",
+        "LibRmVersionMismatch": "The driver was upgraded without reloading the kernel module: reboot or reload it.",
+        "NoPermission": "No access to /dev/nvidia*: check DeviceAllow= in the unit or the container's device list.",
+        "ModuleNotFoundError": "Install nvidia-ml-py.",
+        "ImportError": "Install nvidia-ml-py (and uninstall the deprecated 'pynvml' package).",
+    }
+    return hints.get(reason, "")

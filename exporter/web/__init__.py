@@ -1,0 +1,1 @@
+"""The HTTP side: landing page, metrics, probes, TLS and basic auth."""
