@@ -64,7 +64,9 @@ class Daemon:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._web_watcher: Any = None
-        self._context_error_seen: dict[str, int] = {}
+        self._context_error_seen: dict[tuple[str, str], int] = {}
+        self._pods: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
@@ -136,11 +138,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._build_sources()
-        self.provider = (
-            ContextProvider(self.config, self.clock, self._demo_host(), state_directory=self.options.state_directory)
-            if _provider_takes_state()
-            else ContextProvider(self.config, self.clock, self._demo_host())
-        )
+        self.provider = self._new_provider(self.config)
+        self._start_kubernetes()
         self._publish()
         try:
             await self._serve()
@@ -203,21 +202,50 @@ class Daemon:
             log.exception("context provider failed to start; continuing without price or identity")
         self._record_context()
 
+    def _new_provider(self, config: Config) -> ContextProvider:
+        provider = ContextProvider(config, self.clock, self._demo_host(), state_directory=self.options.state_directory)
+        if self._pods is not None:
+            pods = self._pods
+            provider.set_pod_lookup(lambda facts: pods.assignments.for_cgroup(facts))
+        return provider
+
+    def _start_kubernetes(self) -> None:
+        """Pod attribution through the kubelet's pod-resources API, when on a Kubernetes node."""
+        settings = self.config.kubernetes
+        if settings.enabled is False or self.options.demo:
+            return
+        try:
+            from exporter.context.kubernetes import PodResourcesWatcher
+        except ImportError as exc:  # grpcio is an optional dependency
+            if settings.enabled:
+                log.error(
+                    "kubernetes.enabled is true but pod attribution cannot load (%s): install accel-cost-exporter[kubernetes]",
+                    exc,
+                )
+            return
+        watcher = PodResourcesWatcher(Path(settings.pod_resources_socket), refresh_seconds=settings.refresh_seconds)
+        if settings.enabled is None and not watcher.enabled:
+            return
+        self._pods = watcher
+        self._tasks.append(asyncio.create_task(watcher.run(), name="kubernetes"))
+        assert self.provider is not None
+        self.provider.set_pod_lookup(lambda facts: watcher.assignments.for_cgroup(facts))
+
     def _record_context(self) -> None:
         assert self.provider is not None
+        now = self.clock.time()
         known, duration = self.provider.status()
-        errors_fn = getattr(self.provider, "errors", None)
-        errors = dict(errors_fn()) if callable(errors_fn) else {}
-        self.ledger.record_collector("price", known, duration, self.clock.time() if known else None, None)
-        for reason, count in errors.items():
-            self._context_errors(reason, count)
-
-    def _context_errors(self, reason: str, cumulative: int) -> None:
-        # The provider reports cumulative counts; the ledger adds deltas.
-        seen = self._context_error_seen.get(reason, 0)
-        if cumulative > seen:
-            self.ledger.count_error("price", reason, cumulative - seen)
-            self._context_error_seen[reason] = cumulative
+        self.ledger.record_collector("price", known, duration, now if known else None)
+        ok, duration = self.provider.metadata_status()
+        self.ledger.record_collector("metadata", ok, duration, now if ok else None)
+        for key, cumulative in self.provider.errors().items():
+            # The provider reports cumulative counts; the ledger adds deltas.
+            seen = self._context_error_seen.get(key, 0)
+            if cumulative > seen:
+                self.ledger.count_error(key[0], key[1], cumulative - seen)
+                self._context_error_seen[key] = cumulative
+        if self._pods is not None:
+            self.ledger.record_collector("kubernetes", not self._pods.last_error, 0.0, self._pods.last_success or None)
 
     async def _poll_loop(self) -> None:
         interval = self.options.interval
@@ -284,7 +312,7 @@ class Daemon:
             return False
         self.config = config
         self.ledger.update_settings(config.accounting)
-        provider = ContextProvider(config, self.clock, self._demo_host())
+        provider = self._new_provider(config)
         await provider.start()
         self.provider = provider
         self._record_context()
@@ -304,9 +332,3 @@ class Daemon:
             await self._runner.cleanup()
         if self._tmp is not None:
             self._tmp.cleanup()
-
-
-def _provider_takes_state() -> bool:
-    import inspect
-
-    return "state_directory" in inspect.signature(ContextProvider.__init__).parameters

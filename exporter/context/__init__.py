@@ -1,0 +1,1 @@
+"""Context: who the host is, what it costs, and who owns each device."""

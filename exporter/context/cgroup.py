@@ -1,0 +1,111 @@
+"""Parse `/proc/<pid>/cgroup` into the owner facts it encodes: pod UID, container ID, systemd unit.
+
+The kubelet, the container runtimes and systemd all name cgroups after what they run, so the
+cgroup path of a process tells which Kubernetes pod, which container and which systemd unit it
+belongs to, without any API call. Both cgroup layouts are understood:
+
+- v2 (unified): one line `0::/kubepods.slice/kubepods-burstable.slice/
+  kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<64 hex>.scope`;
+- v1: one line per hierarchy, e.g. `4:memory:/kubepods/burstable/pod<uid>/<64 hex>`, where the
+  systemd unit comes from the `name=systemd` line.
+
+Paths seen from inside a cgroup namespace (a DaemonSet pod reading the host's processes) start
+with `/../..`; the parser looks at path components, so that prefix does no harm.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# A pod UID is an RFC 4122 UUID (API pods) or 32 hex digits (static pods: a hash of the manifest).
+# The systemd cgroup driver writes the dashes as underscores, since '-' nests slices.
+_UID = r"[0-9a-f]{8}(?:[-_]?[0-9a-f]{4}){3}[-_]?[0-9a-f]{12}"
+# `pod<uid>` (cgroupfs driver) or `kubepods[-<qos>]-pod<uid>.slice` (systemd driver).
+_POD_RE = re.compile(rf"^(?:kubepods(?:-[a-z]+)?-)?pod({_UID})(?:\.slice)?$")
+# `<runtime>-<id>.scope` (systemd driver: cri-containerd, crio, docker, libpod) or a bare id (cgroupfs).
+_CONTAINER_RE = re.compile(r"^(?:(?:cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?$")
+# conmon and other runtime helpers sit next to the container; they never hold a device.
+_RUNTIME_HELPER_RE = re.compile(r"^(?:crio-conmon|libpod-conmon)-[0-9a-f]{64}\.scope$")
+_UNIT_SUFFIXES = (".service", ".scope")
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """What a process's cgroup path says about its owner; a field is "" when the path has no such part.
+
+    - `pod_uid`: Kubernetes pod UID with dashes (`3f2a1b4c-...`), as the API shows it;
+    - `container_id`: the 64-hex container ID from the runtime (containerd, CRI-O, Docker, Podman);
+    - `unit`: the innermost systemd unit (`train.service`, `session-4.scope`), "" for containers.
+
+    Strings rather than None so the facts drop straight into label values and glob rules.
+    """
+
+    pod_uid: str = ""
+    container_id: str = ""
+    unit: str = ""
+
+
+def _cgroup_paths(text: str) -> list[tuple[str, str]]:
+    """Return (controllers, path) per line, the unified (`0::`) and `name=systemd` lines first."""
+    entries: list[tuple[int, str, str]] = []
+    for line in text.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        rank = 0 if (hierarchy == "0" and controllers == "") else 1 if controllers == "name=systemd" else 2
+        entries.append((rank, controllers, path))
+    entries.sort(key=lambda entry: entry[0])
+    return [(controllers, path) for _, controllers, path in entries]
+
+
+def _parse_path(path: str) -> CgroupFacts:
+    pod_uid = ""
+    container_id = ""
+    unit = ""
+    for component in path.split("/"):
+        if not component or component == "..":
+            continue
+        pod_match = _POD_RE.match(component)
+        if pod_match:
+            pod_uid = pod_match.group(1).replace("_", "-").lower()
+            continue
+        container_match = _CONTAINER_RE.match(component)
+        if container_match:
+            container_id = container_match.group(1)
+            continue
+        if _RUNTIME_HELPER_RE.match(component):
+            continue
+        if component.endswith(_UNIT_SUFFIXES):
+            unit = component  # keep the innermost: user@1000.service/app.slice/x.service -> x.service
+    if container_id:
+        unit = ""  # a container's scope unit names the runtime, not the workload
+    return CgroupFacts(pod_uid=pod_uid, container_id=container_id, unit=unit)
+
+
+def parse_cgroup(text: str) -> CgroupFacts:
+    """Parse the contents of `/proc/<pid>/cgroup` (v1 or v2) into `CgroupFacts`.
+
+    The first line (unified hierarchy first, then `name=systemd`, then the others) that names a
+    pod or a container wins; otherwise the unit comes from the first line that names one. Text
+    that is empty or not a cgroup file gives `CgroupFacts()` with every field "".
+    """
+    unit_only: CgroupFacts | None = None
+    for _, path in _cgroup_paths(text):
+        facts = _parse_path(path)
+        if facts.pod_uid or facts.container_id:
+            return facts
+        if facts.unit and unit_only is None:
+            unit_only = facts
+    return unit_only if unit_only is not None else CgroupFacts()
+
+
+def read_cgroup(pid: int, proc_root: Path = Path("/proc")) -> CgroupFacts | None:
+    """Read and parse `/proc/<pid>/cgroup`; None when the process is gone or unreadable."""
+    try:
+        text = (proc_root / str(pid) / "cgroup").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return parse_cgroup(text)

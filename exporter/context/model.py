@@ -1,0 +1,89 @@
+"""Frozen context values handed to accounting on every poll."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.readings import ProcessReading
+
+UNASSIGNED = "unassigned"
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """The instance the exporter runs on, and where that knowledge came from (`source`)."""
+
+    provider: str = "unknown"
+    instance_type: str = ""
+    instance_id: str = ""
+    region: str = ""
+    zone: str = ""
+    lifecycle: str = "on-demand"
+    tags: tuple[tuple[str, str], ...] = ()
+    # Where the identity came from: aws-imds, gcp-metadata, azure-imds, config, demo, neuron-monitor,
+    # none; `+config` is appended when the static `host:` section overrode some fields.
+    source: str = "none"
+
+
+@dataclass(frozen=True)
+class PriceQuote:
+    """The instance's hourly price in USD, or None when unknown (never 0), with its source.
+
+    `source` is one of config, aws-pricing-api, aws-spot, builtin, none. A live price read back
+    from the on-disk cache keeps its original source; `as_of` is then the day it was fetched.
+    `as_of` dates built-in and live prices (YYYY-MM-DD) so stale ones are visible.
+    """
+
+    dollars_per_hour: float | None = None
+    source: str = "none"
+    as_of: str = ""
+    device_model_prices: tuple[tuple[str, float], ...] = ()
+    # The capacity type this price is for (on-demand, spot, reserved, ...). It differs from the
+    # host's lifecycle when a fallback priced e.g. a spot host at the on-demand list price.
+    lifecycle: str = "on-demand"
+    # Share of the instance price carried by its accelerators: 1.0 with pricing.split "even",
+    # the OpenCost weighting (GPU 0.95 vs vCPU and RAM unit prices) with "opencost".
+    accelerator_share: float = 1.0
+    # Unix time a live price was fetched (None for config, built-in and unknown prices).
+    fetched_at: float | None = None
+    # True when the price was read back from the on-disk cache rather than fetched this run.
+    cached: bool = False
+
+    @property
+    def known(self) -> bool:
+        """Whether an instance price is known (device-model prices alone do not count)."""
+        return self.dollars_per_hour is not None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Team and workload labels (already sanitised and bounded) plus the facts that led to them."""
+
+    team: str = UNASSIGNED
+    workload: str = ""
+    pod: str = ""
+    namespace: str = ""
+    container: str = ""
+    unit: str = ""
+
+
+class Attributor(Protocol):
+    """Maps owner facts (process, instance tags) to a team and workload."""
+
+    def process_owner(self, process: ProcessReading) -> Owner:
+        """The owner of one process; team is '' when no rule matched."""
+        ...
+
+    def host_owner(self, identity: HostIdentity) -> Owner:
+        """The instance's owner from tags or the configured default; team UNASSIGNED when neither."""
+        ...
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """What accounting needs besides readings: identity, price and attribution."""
+
+    identity: HostIdentity
+    price: PriceQuote
+    attributor: Attributor

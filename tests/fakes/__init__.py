@@ -1,0 +1,1 @@
+"""Loopback fakes of cloud services (metadata, AWS APIs) for the tests."""
