@@ -1,0 +1,569 @@
+"""`--web.config.file`: the exporter-toolkit web-config.yml subset (TLS, mTLS, bcrypt basic auth, headers).
+
+Users know this file from node_exporter and dcgm-exporter; no Python package reads it, so this
+module implements the part we support and refuses everything else by name:
+
+    tls_server_config:
+      cert_file: tls.crt                 # relative paths are relative to this file
+      key_file: tls.key
+      client_auth_type: RequireAndVerifyClientCert
+      client_ca_file: ca.crt
+      min_version: TLS12                 # TLS10, TLS11, TLS12 (default), TLS13
+      max_version: TLS13
+    http_server_config:
+      headers: {Strict-Transport-Security: max-age=31536000}
+    basic_auth_users:
+      prometheus: $2b$10$...             # bcrypt
+
+The server takes `WebConfigWatcher.ssl_context()` once at start and adds
+`make_auth_middleware(watcher)`. The watcher re-reads the file and the certificate files when
+they change (checked at most once a second, on a request or a TLS handshake), rotating the
+certificate inside the same `ssl.SSLContext`; a bad new file is logged and the old config kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+log = logging.getLogger(__name__)
+
+CLIENT_AUTH_TYPES = (
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+)
+TLS_VERSIONS: Mapping[str, ssl.TLSVersion] = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# exporter-toolkit allows only these response headers to be set from the file.
+ALLOWED_HEADERS = (
+    "Content-Security-Policy",
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+)
+REALM = "accel-cost-exporter"
+CHECK_INTERVAL_SECONDS = 1.0
+
+_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+_TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version")
+_HTTP_KEYS = ("headers", "http2")
+# exporter-toolkit keys we know but do not implement: say so instead of "unknown key".
+_UNSUPPORTED = {
+    "rate_limit": "rate limiting is not implemented; put a proxy in front if you need it",
+    "tls_server_config.cert": "inline certificates are not supported; use cert_file",
+    "tls_server_config.key": "inline keys are not supported; use key_file",
+    "tls_server_config.client_ca": "inline CAs are not supported; use client_ca_file",
+    "tls_server_config.client_allowed_sans": "SAN allow-lists are not supported; issue client certificates from a dedicated CA",
+    "tls_server_config.cipher_suites": "the cipher list is OpenSSL's default for the TLS version",
+    "tls_server_config.curve_preferences": "curves are OpenSSL's default",
+    "tls_server_config.prefer_server_cipher_suites": "the server's order is always preferred",
+}
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+_UNVERIFIED_AUTH = {
+    "RequestClientCert": "VerifyClientCertIfGiven",
+    "RequireAnyClientCert": "RequireAndVerifyClientCert",
+}
+
+
+class WebConfigInvalid(Exception):
+    """The web config file is unusable; the message names the file, each bad key and the fix."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """`tls_server_config`, with paths made absolute against the config file's directory."""
+
+    cert_file: Path
+    key_file: Path
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: Path | None = None
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files whose change means new certificates."""
+        return (self.cert_file, self.key_file) + ((self.client_ca_file,) if self.client_ca_file else ())
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """A validated web config. The empty config means plain HTTP, no auth, no extra headers."""
+
+    tls: TLSConfig | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    basic_auth_users: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def users(self) -> dict[str, str]:
+        """User name -> bcrypt hash."""
+        return dict(self.basic_auth_users)
+
+
+# --- loading and validation ---------------------------------------------------------------------
+
+
+def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
+    """Read, validate and return the web config at `path`; raise WebConfigInvalid listing every problem.
+
+    Certificate files are opened and checked (key matches certificate, CA parses), so a config
+    that loads here also works for the TLS server.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WebConfigInvalid(f"web config {file}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise WebConfigInvalid(f"web config {file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    errors: list[str] = []
+    config = _parse(data, file.resolve().parent, errors)
+    if not errors and config.tls is not None:
+        try:
+            build_ssl_context(config.tls)
+        except WebConfigInvalid as exc:
+            errors.append(str(exc))
+    if errors:
+        raise WebConfigInvalid(f"web config {file}: " + "; ".join(errors))
+    return config
+
+
+def _parse(data: object, base: Path, errors: list[str]) -> WebConfig:
+    if data is None:
+        return WebConfig()
+    if not isinstance(data, dict):
+        errors.append(f"the file must be a YAML mapping with keys {', '.join(_TOP_KEYS)}, not {_kind(data)}")
+        return WebConfig()
+    _check_keys(data, _TOP_KEYS, "", errors)
+    tls = _parse_tls(data.get("tls_server_config"), base, errors)
+    headers = _parse_http(data.get("http_server_config"), errors)
+    users = _parse_users(data.get("basic_auth_users"), errors)
+    return WebConfig(tls=tls, headers=headers, basic_auth_users=users)
+
+
+def _check_keys(section: dict[Any, Any], allowed: tuple[str, ...], prefix: str, errors: list[str]) -> None:
+    for key in section:
+        name = f"{prefix}{key}"
+        if key in allowed:
+            continue
+        if name in _UNSUPPORTED:
+            errors.append(f"{name}: not supported by accel-cost-exporter ({_UNSUPPORTED[name]}); remove it")
+        else:
+            errors.append(f"{name}: unknown key; allowed here: {', '.join(allowed)}")
+
+
+def _parse_tls(section: object, base: Path, errors: list[str]) -> TLSConfig | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        errors.append(f"tls_server_config: must be a mapping, not {_kind(section)}")
+        return None
+    _check_keys(section, _TLS_KEYS, "tls_server_config.", errors)
+    values: dict[str, str] = {}
+    for key in _TLS_KEYS:
+        value = section.get(key)
+        if value is not None and not isinstance(value, str):
+            errors.append(f"tls_server_config.{key}: must be a string, not {_kind(value)}")
+        values[key] = value if isinstance(value, str) else ""
+    if not any(values.values()):
+        return None  # an empty block means no TLS, as in exporter-toolkit
+    cert, key = values["cert_file"], values["key_file"]
+    if not cert or not key:
+        for name in ("cert_file", "key_file"):
+            if not values[name]:
+                errors.append(f"tls_server_config.{name}: missing; TLS needs both cert_file and key_file")
+        return None
+    auth = values["client_auth_type"] or "NoClientCert"
+    if auth not in CLIENT_AUTH_TYPES:
+        errors.append(f"tls_server_config.client_auth_type: {auth!r} is not one of {', '.join(CLIENT_AUTH_TYPES)}")
+    ca = values["client_ca_file"]
+    if ca and auth == "NoClientCert":
+        errors.append(
+            "tls_server_config.client_ca_file: set but client_auth_type is NoClientCert; "
+            "set client_auth_type: RequireAndVerifyClientCert (mTLS) or remove client_ca_file"
+        )
+    if not ca and auth != "NoClientCert" and auth in CLIENT_AUTH_TYPES:
+        errors.append(
+            f"tls_server_config.client_ca_file: client_auth_type {auth} needs the CA that signs client "
+            "certificates; set client_ca_file"
+        )
+    versions = {}
+    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        value = values[name] or default
+        if value not in TLS_VERSIONS:
+            errors.append(f"tls_server_config.{name}: {value!r} is not one of {', '.join(TLS_VERSIONS)}")
+            value = default
+        versions[name] = value
+    if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
+        errors.append(
+            f"tls_server_config.min_version: {versions['min_version']} is above max_version "
+            f"{versions['max_version']}; lower min_version or raise max_version"
+        )
+    return TLSConfig(
+        cert_file=base / cert,
+        key_file=base / key,
+        client_auth_type=auth,
+        client_ca_file=(base / ca) if ca else None,
+        min_version=versions["min_version"],
+        max_version=versions["max_version"],
+    )
+
+
+def _parse_http(section: object, errors: list[str]) -> tuple[tuple[str, str], ...]:
+    if section is None:
+        return ()
+    if not isinstance(section, dict):
+        errors.append(f"http_server_config: must be a mapping, not {_kind(section)}")
+        return ()
+    _check_keys(section, _HTTP_KEYS, "http_server_config.", errors)
+    http2 = section.get("http2")
+    if http2 is not None and not isinstance(http2, bool):
+        errors.append(f"http_server_config.http2: must be true or false, not {_kind(http2)}")
+    headers = section.get("headers")
+    if headers is None:
+        return ()
+    if not isinstance(headers, dict):
+        errors.append(f"http_server_config.headers: must be a mapping of header name to value, not {_kind(headers)}")
+        return ()
+    allowed = {name.lower(): name for name in ALLOWED_HEADERS}
+    result: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        where = f"http_server_config.headers.{name}"
+        if not isinstance(name, str) or name.lower() not in allowed:
+            errors.append(f"{where}: this header cannot be set; allowed: {', '.join(ALLOWED_HEADERS)}")
+        elif not isinstance(value, str) or not value or any(ch in value for ch in "\r\n"):
+            errors.append(f"{where}: the value must be a non-empty one-line string")
+        else:
+            result.append((allowed[name.lower()], value))
+    return tuple(result)
+
+
+def _parse_users(section: object, errors: list[str]) -> tuple[tuple[str, str], ...]:
+    if section is None:
+        return ()
+    if not isinstance(section, dict):
+        errors.append(f"basic_auth_users: must be a mapping of user name to bcrypt hash, not {_kind(section)}")
+        return ()
+    users: list[tuple[str, str]] = []
+    for user, hashed in section.items():
+        where = f"basic_auth_users.{user}"
+        if not isinstance(user, str) or not user or ":" in user:
+            errors.append(f"{where}: user names must be non-empty strings without ':'")
+        elif not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed):
+            errors.append(
+                f"{where}: not a bcrypt hash (expected $2y$10$ followed by 53 characters); "
+                "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+            )
+        else:
+            users.append((user, hashed))
+    return tuple(users)
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A server SSLContext for `tls`; raise WebConfigInvalid naming the file that does not load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_tls(context, tls)
+    return context
+
+
+def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    """Load `tls` into `context` (new handshakes use it; connections already open keep theirs)."""
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise WebConfigInvalid(
+            f"tls_server_config.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: "
+            f"{_ssl_reason(exc)}; check both exist, are PEM, readable, and that the key matches the certificate"
+        ) from None
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigInvalid(
+                f"tls_server_config.client_ca_file: cannot load {tls.client_ca_file}: {_ssl_reason(exc)}"
+            ) from None
+    # Python's ssl cannot ask for a client certificate without verifying it, so the two
+    # "unverified" modes are served as their verified counterparts against client_ca_file.
+    auth = _UNVERIFIED_AUTH.get(tls.client_auth_type, tls.client_auth_type)
+    context.verify_mode = {
+        "NoClientCert": ssl.CERT_NONE,
+        "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+        "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+    }[auth]
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+# --- watching the file ---------------------------------------------------------------------------
+
+_Stamp = tuple[tuple[str, int, int, int, bytes], ...]
+
+
+def _stamp(paths: tuple[Path, ...]) -> _Stamp:
+    """(path, inode, size, mtime_ns, sha256) per file; a missing file stamps as zeros.
+
+    The digest catches rewrites that keep size and mtime (file times tick in jiffies, so two
+    writes a few milliseconds apart can share one); the files are small and read at most once
+    a second.
+    """
+    result = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest = hashlib.sha256(path.read_bytes()).digest()
+            result.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, digest))
+        except OSError:
+            result.append((str(path), 0, 0, 0, b""))
+    return tuple(result)
+
+
+class WebConfigWatcher:
+    """Owns the current WebConfig and the server's one SSLContext, and follows changes on disk.
+
+    Construction loads the file and raises WebConfigInvalid when it is bad. Afterwards
+    `current()` re-checks the file and its certificate files at most once per
+    `check_interval` seconds; a changed, valid file replaces the config and reloads the
+    certificates into the same SSLContext; a changed, invalid one is logged and ignored. Turning
+    TLS on or off needs a restart (the listening socket is already plain or TLS), and so does
+    dropping trust in a client CA (OpenSSL can add CAs to a live context, not remove them).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, check_interval: float = CHECK_INTERVAL_SECONDS) -> None:
+        self._path = Path(path)
+        self._check_interval = check_interval
+        self._lock = threading.Lock()
+        self._config = load_web_config(self._path)
+        self._stamp = self._stamp_of(self._config)
+        self._checked_at = time.monotonic()
+        self._ssl: ssl.SSLContext | None = None
+        if self._config.tls is not None:
+            self._ssl = build_ssl_context(self._config.tls)
+            # OpenSSL calls this for every handshake (with server_name None when the client sent
+            # no SNI): a cheap hook to notice rotated certificates without waiting for a request.
+            self._ssl.sni_callback = self._on_handshake
+        self.last_error = ""
+
+    @property
+    def path(self) -> Path:
+        """The watched file."""
+        return self._path
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's SSLContext (the same object for the process's lifetime), or None for plain HTTP."""
+        return self._ssl
+
+    def current(self) -> WebConfig:
+        """The config in force, after a rate-limited check for changes on disk."""
+        now = time.monotonic()
+        if now - self._checked_at >= self._check_interval:
+            self.reload_if_changed()
+        return self._config
+
+    def reload_if_changed(self) -> bool:
+        """Check the files now; return True when a new config was taken."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            stamp = self._stamp_of(self._config)
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                config = load_web_config(self._path)
+                self._take(config)
+            except WebConfigInvalid as exc:
+                self.last_error = str(exc)
+                log.error("%s; keeping the previous web config", exc)
+                return False
+            self._stamp = self._stamp_of(config)
+            self.last_error = ""
+            log.info("web config %s reloaded", self._path)
+            return True
+
+    def _take(self, config: WebConfig) -> None:
+        old_tls = self._config.tls
+        if (old_tls is None) != (config.tls is None):
+            raise WebConfigInvalid(
+                f"web config {self._path}: tls_server_config was {'removed' if config.tls is None else 'added'}; "
+                "switching between HTTP and HTTPS needs a restart"
+            )
+        if config.tls is not None and self._ssl is not None:
+            if old_tls is not None and old_tls.client_ca_file and old_tls.client_ca_file != config.tls.client_ca_file:
+                log.warning("client_ca_file changed: the new CA is trusted now, the old one until restart")
+            _apply_tls(self._ssl, config.tls)
+        self._config = config
+
+    def _stamp_of(self, config: WebConfig) -> _Stamp:
+        files = (self._path,) + (config.tls.files if config.tls is not None else ())
+        return _stamp(files)
+
+    def _on_handshake(self, _obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        self.current()  # never raises for a bad file: reload_if_changed logs it and keeps the old config
+
+
+# --- basic auth ----------------------------------------------------------------------------------
+
+
+class BasicAuthChecker:
+    """Checks `Authorization: Basic` headers against bcrypt hashes.
+
+    A bcrypt check at cost 10 takes about 70 ms, so successful checks are remembered, keyed by
+    user, hash and the SHA-256 of the password (the password itself is never stored). Unknown
+    users are checked against a dummy hash of the same cost, so they take as long as a wrong
+    password. The bcrypt work runs in a thread, off the event loop.
+    """
+
+    def __init__(self, max_cached: int = 256) -> None:
+        self._max_cached = max_cached
+        self._good: set[tuple[str, str, bytes]] = set()
+        self._dummy: dict[bytes, bytes] = {}
+
+    async def check(self, header: str | None, users: Mapping[str, str]) -> str | None:
+        """The authenticated user name, or None when the header is missing, malformed or wrong."""
+        credentials = parse_basic_auth(header)
+        if credentials is None:
+            return None
+        user, password = credentials
+        stored = _lookup(users, user)
+        digest = hashlib.sha256(password).digest()
+        if stored is not None and (user, stored, digest) in self._good:
+            return user
+        target = stored.encode() if stored is not None else self._dummy_hash(next(iter(users.values()), ""))
+        ok = await asyncio.to_thread(_bcrypt_ok, password, target)
+        if not ok or stored is None:
+            return None
+        if len(self._good) >= self._max_cached:
+            self._good.clear()
+        self._good.add((user, stored, digest))
+        return user
+
+    def _dummy_hash(self, like: str) -> bytes:
+        match = _BCRYPT_RE.match(like)
+        rounds = int(match.group(1)) if match else 10
+        key = str(rounds).encode()
+        if key not in self._dummy:
+            self._dummy[key] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
+        return self._dummy[key]
+
+
+def _lookup(users: Mapping[str, str], user: str) -> str | None:
+    # Compare every name in constant time, so the answer's timing does not reveal which names exist.
+    found: str | None = None
+    for name, hashed in users.items():
+        if hmac.compare_digest(name.encode(), user.encode()):
+            found = hashed
+    return found
+
+
+def _bcrypt_ok(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:
+        return False
+
+
+def parse_basic_auth(header: str | None) -> tuple[str, bytes] | None:
+    """(user, password bytes) from an `Authorization: Basic …` value; None when absent or malformed."""
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    try:
+        return user.decode("utf-8"), password
+    except UnicodeDecodeError:
+        return None
+
+
+# --- aiohttp -------------------------------------------------------------------------------------
+
+
+def make_auth_middleware(watcher: WebConfigWatcher) -> Middleware:
+    """An aiohttp middleware enforcing `basic_auth_users` on every path and adding the configured headers.
+
+    Every path is protected, as in node_exporter: a probe that cannot authenticate should use
+    a TCP check. Failures get 401 with `WWW-Authenticate: Basic realm="accel-cost-exporter"`.
+    """
+    checker = BasicAuthChecker()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        config = watcher.current()
+        if config.basic_auth_users:
+            user = await checker.check(request.headers.get("Authorization"), config.users)
+            if user is None:
+                denied = web.Response(
+                    status=401,
+                    text="Unauthorized\n",
+                    headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+                )
+                _add_headers(denied, config)
+                return denied
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _add_headers(exc, config)
+            raise
+        _add_headers(response, config)
+        return response
+
+    return middleware
+
+
+def _add_headers(response: web.StreamResponse, config: WebConfig) -> None:
+    if response.prepared:
+        return  # a streamed response has sent its headers already
+    for name, value in config.headers:
+        response.headers[name] = value
