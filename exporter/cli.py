@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from exporter import __version__
 from exporter.config import ConfigInvalid, load_config, parse_duration
@@ -15,6 +17,8 @@ from exporter.daemon import Daemon, Options
 from exporter.logs import LEVELS, setup_logging
 
 DEFAULT_PORT = 11094
+# Team rules for the built-in scenarios, used by --demo when no --config.file is given.
+DEMO_CONFIG = Path(__file__).resolve().parent / "sim" / "demo-config.yaml"
 log = logging.getLogger("exporter")
 
 
@@ -183,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"accel-cost-exporter: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(options.log_level, options.log_format)
+    if options.demo and not options.config_file:
+        options = replace(options, config_file=str(DEMO_CONFIG))
     try:
         config = load_config(options.config_file)
         _check_web_config(options.web_config_file)
