@@ -1,0 +1,943 @@
+"""Generate the accel-cost-exporter Grafana dashboards (fleet-overview, host-detail, team-cost).
+
+Run `python grafana/generate.py` after editing; it rewrites the committed JSON next to it, and
+tests/test_dashboards_lint.py fails when the JSON and this script disagree. Plain dicts, no
+dashboard SDK: the output is ordinary Grafana JSON (schemaVersion 39, Grafana >= 10.4), with the
+data source as the `datasource` variable so file provisioning and the sidecar both work.
+
+Every query is filtered by the chained variables job -> instance -> device and by team. Series
+without a `team` label (device gauges) are restricted to the selected teams by joining the cost
+counters, which carry `team`: `... and on (job, instance, device) accel_cost_dollars_total{...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 39
+DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
+TAG = "accel-cost-exporter"
+XIDS_CRITICAL = "48|62|64|74|79|95|119|120"
+
+# Label matchers, one per variable, for series with the matching labels.
+F_INST = 'job=~"$job",instance=~"$instance"'
+F_DEV = F_INST + ',device=~"$device"'
+F_TEAM = F_DEV + ',team=~"$team"'
+# Restrict a device-level vector (no `team` label) to devices charged to the selected teams.
+TEAM_JOIN = f"and on (job, instance, device) accel_cost_dollars_total{{{F_TEAM}}}"
+RI = "$__rate_interval"
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One query of a panel."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+    table: bool = False
+
+
+@dataclass
+class Panel:
+    """A panel before layout; `build` turns it into Grafana JSON."""
+
+    type: str
+    title: str
+    description: str
+    unit: str
+    targets: list[Target]
+    w: int = 12
+    h: int = 8
+    options: Json = field(default_factory=dict)
+    custom: Json = field(default_factory=dict)
+    defaults: Json = field(default_factory=dict)
+    overrides: list[Json] = field(default_factory=list)
+    transformations: list[Json] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """A row; collapsed rows hold their panels inside, as Grafana stores them."""
+
+    title: str
+    panels: list[Panel]
+    collapsed: bool = False
+
+
+def _target(t: Target, ref: str) -> Json:
+    out: Json = {
+        "datasource": DS,
+        "refId": ref,
+        "expr": t.expr,
+        "legendFormat": t.legend or "__auto",
+        "range": not t.instant,
+        "instant": t.instant,
+    }
+    if t.table:
+        out["format"] = "table"
+    return out
+
+
+def _defaults_for(p: Panel) -> Json:
+    base: Json = {"unit": p.unit, "color": {"mode": "palette-classic" if p.type == "timeseries" else "thresholds"}}
+    base["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    if p.type == "timeseries":
+        custom: Json = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "none", "group": "A"},
+        }
+        custom.update(p.custom)
+        base["custom"] = custom
+    elif p.custom:
+        base["custom"] = dict(p.custom)
+    base.update(p.defaults)
+    return base
+
+
+def _options_for(p: Panel) -> Json:
+    reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+    opts: Json
+    if p.type == "stat":
+        opts = {
+            "reduceOptions": reduce,
+            "colorMode": "value",
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+        }
+    elif p.type == "bargauge":
+        opts = {
+            "reduceOptions": reduce,
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "showUnfilled": True,
+            "valueMode": "color",
+        }
+    elif p.type == "table":
+        opts = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
+    else:
+        opts = {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["mean", "lastNotNull"],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    opts.update(p.options)
+    return opts
+
+
+class Layout:
+    """Places panels left to right on Grafana's 24-column grid and numbers them."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+        self.x = 0
+        self.y = 0
+        self.row_h = 0
+
+    def _place(self, w: int, h: int) -> Json:
+        if self.x + w > 24:
+            self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
+        pos = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.x += w
+        self.row_h = max(self.row_h, h)
+        return pos
+
+    def _newline(self) -> None:
+        if self.x:
+            self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
+
+    def panel(self, p: Panel) -> Json:
+        pid = self.next_id
+        self.next_id += 1
+        out: Json = {
+            "id": pid,
+            "type": p.type,
+            "title": p.title,
+            "description": p.description,
+            "datasource": DS,
+            "gridPos": self._place(p.w, p.h),
+            "fieldConfig": {"defaults": _defaults_for(p), "overrides": p.overrides},
+            "options": _options_for(p),
+            "targets": [_target(t, chr(ord("A") + i)) for i, t in enumerate(p.targets)],
+        }
+        if p.transformations:
+            out["transformations"] = p.transformations
+        return out
+
+    def row(self, r: Row) -> list[Json]:
+        self._newline()
+        pid = self.next_id
+        self.next_id += 1
+        head: Json = {
+            "id": pid,
+            "type": "row",
+            "title": r.title,
+            "collapsed": r.collapsed,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+            "panels": [],
+        }
+        self.y += 1
+        inner = [self.panel(p) for p in r.panels]
+        self._newline()
+        if r.collapsed:
+            head["panels"] = inner
+            return [head]
+        return [head, *inner]
+
+
+def _query_var(name: str, label: str, query: str) -> Json:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-variable-query"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".+",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "hide": 0,
+        "regex": "",
+        "skipUrlSync": False,
+        "options": [],
+    }
+
+
+def templating() -> Json:
+    """The data source variable and the chained job -> instance -> device and team variables."""
+    return {
+        "list": [
+            {
+                "name": "datasource",
+                "label": "Data source",
+                "type": "datasource",
+                "query": "prometheus",
+                "current": {},
+                "hide": 0,
+                "refresh": 1,
+                "regex": "",
+                "skipUrlSync": False,
+                "options": [],
+            },
+            _query_var("job", "Job", "label_values(accel_device_info, job)"),
+            _query_var("instance", "Instance", 'label_values(accel_device_info{job=~"$job"}, instance)'),
+            _query_var(
+                "device", "Device", 'label_values(accel_device_info{job=~"$job",instance=~"$instance"}, device)'
+            ),
+            _query_var(
+                "team", "Team", 'label_values(accel_cost_dollars_total{job=~"$job",instance=~"$instance"}, team)'
+            ),
+        ]
+    }
+
+
+def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) -> Json:
+    """A complete dashboard with the shared variables, links and settings."""
+    layout = Layout()
+    panels: list[Json] = []
+    for item in items:
+        if isinstance(item, Row):
+            panels.extend(layout.row(item))
+        else:
+            panels.append(layout.panel(item))
+    return {
+        "id": None,
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": [TAG, "cost", "accelerator"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "time": {"from": "now-24h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "annotations": {"list": []},
+        "links": [
+            {
+                "title": "accel-cost dashboards",
+                "type": "dashboards",
+                "tags": [TAG],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+                "icon": "external link",
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "templating": templating(),
+        "panels": panels,
+    }
+
+
+# --- shared queries ------------------------------------------------------------------------------
+
+
+def rate_sum(metric: str, by: str = "", filt: str = F_TEAM) -> str:
+    """sum [by (...)] of rate(metric) in $/h (metric is a dollars counter)."""
+    by_clause = f" by ({by})" if by else ""
+    return f"sum{by_clause} (rate({metric}{{{filt}}}[{RI}])) * 3600"
+
+
+def period_sum(metric: str, by: str = "", filt: str = F_TEAM) -> str:
+    """sum [by (...)] of increase(metric) over the dashboard's time range."""
+    by_clause = f" by ({by})" if by else ""
+    return f"sum{by_clause} (increase({metric}{{{filt}}}[$__range]))"
+
+
+def utilization(by: str = "") -> str:
+    """Busy device-seconds over device count: sum / count, never an average of ratios."""
+    by_clause = f" by ({by})" if by else ""
+    return (
+        f"sum{by_clause} (rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}]) {TEAM_JOIN})\n"
+        f"/\ncount{by_clause} (accel_busy_seconds_total{{{F_DEV}}} {TEAM_JOIN})"
+    )
+
+
+def idle_devices(by: str = "") -> str:
+    by_clause = f" by ({by})" if by else ""
+    return f'sum{by_clause} (accel_state{{{F_DEV},state=~"idle_held|idle_free"}} {TEAM_JOIN})'
+
+
+def effective_price_by_model() -> str:
+    """Dollars spent per busy accelerator-hour, per model, over the time range."""
+    info = f"accel_device_info{{{F_DEV}}}"
+    return (
+        "sum by (model) (\n"
+        f"  increase(accel_cost_dollars_total{{{F_TEAM}}}[$__range])\n"
+        f"  * on (job, instance, device) group_left (model) {info}\n"
+        ")\n/\n(\n"
+        "  sum by (model) (\n"
+        f"    (increase(accel_busy_seconds_total{{{F_DEV}}}[$__range]) {TEAM_JOIN})\n"
+        f"    * on (job, instance, device) group_left (model) {info}\n"
+        "  ) / 3600 > 0\n)"
+    )
+
+
+PROCESS_LABELS = "team, workload, user, command, unit, pod, namespace"
+
+
+def processes_table(w: int = 24) -> Panel:
+    info = f"accel_process_info{{{F_TEAM}}}"
+    join = f"* on (job, instance, device, pid) group_left ({PROCESS_LABELS}) {info}"
+    return Panel(
+        "table",
+        "Long-running processes (oldest first)",
+        "Processes holding an accelerator, oldest first: age (from accel_process_start_time_seconds), owning "
+        "team and user, device memory held, and the device's utilization. Old processes on idle devices are "
+        "the abandoned-job pattern (AcceleratorAbandoned, AcceleratorLongRunningLowUtilization).",
+        "s",
+        [
+            Target(
+                f"sort_desc(\n  (time() - accel_process_start_time_seconds{{{F_DEV}}})\n  {join}\n)",
+                instant=True,
+                table=True,
+            ),
+            Target(f"accel_process_memory_used_bytes{{{F_DEV}}}\n{join}", instant=True, table=True),
+            Target(
+                f"rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}])\n"
+                "+ on (job, instance, device) group_right ()\n"
+                f"(0 * accel_process_start_time_seconds{{{F_DEV}}}\n{join})",
+                instant=True,
+                table=True,
+            ),
+        ],
+        w=w,
+        h=9,
+        overrides=[
+            {"matcher": {"id": "byName", "options": "Memory held"}, "properties": [{"id": "unit", "value": "bytes"}]},
+            {
+                "matcher": {"id": "byName", "options": "Device utilization"},
+                "properties": [{"id": "unit", "value": "percentunit"}],
+            },
+        ],
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True, "workload": True, "namespace": True},
+                    "indexByName": {
+                        "instance": 0,
+                        "device": 1,
+                        "pid": 2,
+                        "team": 3,
+                        "user": 4,
+                        "command": 5,
+                        "Value #A": 6,
+                        "Value #B": 7,
+                        "Value #C": 8,
+                    },
+                    "renameByName": {"Value #A": "Age", "Value #B": "Memory held", "Value #C": "Device utilization"},
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": "Age", "desc": True}]}},
+        ],
+    )
+
+
+def stat(
+    title: str, description: str, unit: str, expr: str, instant: bool = False, w: int = 4, **defaults: Any
+) -> Panel:
+    return Panel("stat", title, description, unit, [Target(expr, instant=instant)], w=w, h=4, defaults=defaults)
+
+
+def money_series(title: str, description: str, targets: list[Target], stacked: bool = False, w: int = 12) -> Panel:
+    custom: Json = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30} if stacked else {}
+    return Panel("timeseries", title, description, "currencyUSD", targets, w=w, custom=custom)
+
+
+def effective_price_panel() -> Panel:
+    return Panel(
+        "bargauge",
+        "Effective $ per busy accelerator-hour, by model",
+        "Spend divided by busy hours over the time range, per accelerator model (model from accel_device_info, "
+        "joined with group_left). Compare with the list price per device-hour: the ratio is what idle time "
+        "really costs.",
+        "currencyUSD",
+        [Target(effective_price_by_model(), legend="{{model}}", instant=True)],
+    )
+
+
+STATE_MAPPINGS: list[Json] = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "idle_free", "color": "red", "index": 0},
+            "1": {"text": "idle_held", "color": "orange", "index": 1},
+            "2": {"text": "active", "color": "green", "index": 2},
+        },
+    }
+]
+
+
+def state_timeline() -> Panel:
+    return Panel(
+        "timeseries",
+        "Device state timeline",
+        "Each device's state over time, from accel_state: 2 = active, 1 = idle_held (a process holds memory, "
+        "no work), 0 = idle_free (no process).",
+        "short",
+        [
+            Target(
+                f'max by (instance, device) (accel_state{{{F_DEV},state="active"}} {TEAM_JOIN}) * 2\n'
+                f'+ max by (instance, device) (accel_state{{{F_DEV},state="idle_held"}} {TEAM_JOIN})',
+                legend="{{instance}} {{device}}",
+            )
+        ],
+        custom={"lineInterpolation": "stepAfter", "fillOpacity": 0},
+        defaults={"min": 0, "max": 2, "decimals": 0, "mappings": STATE_MAPPINGS},
+    )
+
+
+def exporter_health_row() -> Row:
+    return Row(
+        "Exporter health",
+        [
+            Panel(
+                "timeseries",
+                "Collector success",
+                "accel_exporter_collector_success per collector: 1 when the last poll succeeded. A collector at 0 "
+                "for 10 minutes fires AcceleratorExporterCollectorFailing.",
+                "short",
+                [Target(f"accel_exporter_collector_success{{{F_INST}}}", legend="{{instance}} {{collector}}")],
+                w=8,
+                defaults={"min": 0, "max": 1},
+            ),
+            Panel(
+                "timeseries",
+                "Time since last sample",
+                "Age of each collector's last successful sample; over 300 s fires AcceleratorExporterStale.",
+                "s",
+                [
+                    Target(
+                        f"time() - (accel_exporter_last_sample_timestamp_seconds{{{F_INST}}} > 0)",
+                        legend="{{instance}} {{collector}}",
+                    )
+                ],
+                w=8,
+            ),
+            Panel(
+                "timeseries",
+                "Collector poll duration",
+                "How long each collector's last poll took (accel_exporter_collector_duration_seconds).",
+                "s",
+                [Target(f"accel_exporter_collector_duration_seconds{{{F_INST}}}", legend="{{instance}} {{collector}}")],
+                w=8,
+            ),
+        ],
+        collapsed=True,
+    )
+
+
+# --- the three dashboards ------------------------------------------------------------------------
+
+
+def fleet_overview() -> Json:
+    top = [
+        stat(
+            "Spend now ($/h)",
+            "What the selected accelerators cost per hour right now (rate of accel_cost_dollars_total x 3600).",
+            "currencyUSD",
+            rate_sum("accel_cost_dollars_total"),
+        ),
+        stat(
+            "Idle spend now ($/h)",
+            "Hourly spend on accelerators in state idle_held or idle_free (accel_idle_cost_dollars_total).",
+            "currencyUSD",
+            rate_sum("accel_idle_cost_dollars_total"),
+            thresholds={
+                "mode": "absolute",
+                "steps": [{"color": "green", "value": None}, {"color": "red", "value": 20}],
+            },
+        ),
+        stat(
+            "Waste (time range)",
+            "Utilization-weighted waste over spend in the time range: the share of the money not turned into "
+            "work at the target utilization (accel_waste_dollars_total / accel_cost_dollars_total).",
+            "percentunit",
+            f"{period_sum('accel_waste_dollars_total')}\n/\n{period_sum('accel_cost_dollars_total')}",
+            instant=True,
+            thresholds={
+                "mode": "absolute",
+                "steps": [
+                    {"color": "green", "value": None},
+                    {"color": "orange", "value": 0.3},
+                    {"color": "red", "value": 0.6},
+                ],
+            },
+        ),
+        stat(
+            "Projected 30-day idle spend",
+            "Idle spend in the time range scaled to 30 days: what idle accelerators will cost in a month if "
+            "nothing changes.",
+            "currencyUSD",
+            f"{period_sum('accel_idle_cost_dollars_total')} * 2592000 / $__range_s",
+            instant=True,
+        ),
+        stat(
+            "Idle accelerators now",
+            "Devices currently idle_held (memory held, no work) or idle_free (no process).",
+            "short",
+            idle_devices(),
+        ),
+        stat(
+            "Utilization now",
+            "Busy fraction of the selected accelerators: busy device-seconds / devices (sum over count).",
+            "percentunit",
+            utilization(),
+            min=0,
+            max=1,
+        ),
+    ]
+    return dashboard(
+        "accel-fleet-overview",
+        "Accelerator fleet overview",
+        "Where accelerator money goes: spend, idle spend and waste across the fleet, live. accel-cost-exporter.",
+        [
+            *top,
+            money_series(
+                "Spend, idle spend and waste ($/h)",
+                "Hourly rates of total spend, spend while idle, and utilization-weighted waste.",
+                [
+                    Target(rate_sum("accel_cost_dollars_total"), legend="spend"),
+                    Target(rate_sum("accel_idle_cost_dollars_total"), legend="idle spend"),
+                    Target(rate_sum("accel_waste_dollars_total"), legend="waste"),
+                ],
+            ),
+            Panel(
+                "timeseries",
+                "Utilization: fleet and per instance",
+                "Busy fraction per instance and for the whole selection (sum of busy rates over device count). The "
+                "fleet line is the autoscaling signal (job:accel_utilization:ratio_rate5m): scale out above 70 %, "
+                "in below 40 %.",
+                "percentunit",
+                [Target(utilization(), legend="selection"), Target(utilization("instance"), legend="{{instance}}")],
+                custom={"thresholdsStyle": {"mode": "dashed"}},
+                defaults={
+                    "min": 0,
+                    "max": 1,
+                    "thresholds": {
+                        "mode": "absolute",
+                        "steps": [
+                            {"color": "green", "value": None},
+                            {"color": "orange", "value": 0.4},
+                            {"color": "red", "value": 0.7},
+                        ],
+                    },
+                },
+            ),
+            Panel(
+                "bargauge",
+                "Top idle instances ($/h now)",
+                "The ten instances spending most on idle accelerators right now.",
+                "currencyUSD",
+                [
+                    Target(
+                        f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
+                        legend="{{instance}}",
+                        instant=True,
+                    )
+                ],
+            ),
+            Panel(
+                "timeseries",
+                "Accelerators by state",
+                "How many devices are active, idle_held (memory held, no work) or idle_free (no process).",
+                "short",
+                [Target(f"sum by (state) (accel_state{{{F_DEV}}} {TEAM_JOIN})", legend="{{state}}")],
+                custom={"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 40},
+            ),
+            money_series(
+                "Spend by team ($/h)",
+                "Hourly spend per team (team label of accel_cost_dollars_total).",
+                [Target(rate_sum("accel_cost_dollars_total", "team"), legend="{{team}}")],
+                stacked=True,
+            ),
+            money_series(
+                "Idle spend by team ($/h)",
+                "Hourly spend on idle accelerators per team.",
+                [Target(rate_sum("accel_idle_cost_dollars_total", "team"), legend="{{team}}")],
+                stacked=True,
+            ),
+            effective_price_panel(),
+            processes_table(w=12),
+            exporter_health_row(),
+        ],
+    )
+
+
+def host_detail() -> Json:
+    return dashboard(
+        "accel-host-detail",
+        "Accelerator host detail",
+        "Per-host and per-device view: utilization, states, memory, power, idle time and processes.",
+        [
+            stat(
+                "Instance price ($/h)",
+                "Whole-instance hourly price the exporter uses (accel_instance_price_dollars_per_hour).",
+                "currencyUSD",
+                f"sum(accel_instance_price_dollars_per_hour{{{F_INST}}})",
+            ),
+            stat(
+                "Spend now ($/h)",
+                "What the selected devices cost per hour right now.",
+                "currencyUSD",
+                rate_sum("accel_cost_dollars_total"),
+            ),
+            stat(
+                "Idle spend now ($/h)",
+                "Hourly spend on the selected devices while idle.",
+                "currencyUSD",
+                rate_sum("accel_idle_cost_dollars_total"),
+            ),
+            stat(
+                "Utilization now",
+                "Busy fraction of the selected devices (sum over count).",
+                "percentunit",
+                utilization(),
+                min=0,
+                max=1,
+            ),
+            stat("Idle accelerators now", "Devices now idle_held or idle_free.", "short", idle_devices()),
+            stat(
+                "Power draw now",
+                "Total power draw of the selected devices (accel_power_watts, where the driver reports it).",
+                "watt",
+                f"sum(accel_power_watts{{{F_DEV}}} {TEAM_JOIN})",
+            ),
+            Panel(
+                "timeseries",
+                "Utilization per device",
+                "Busy fraction of each device: rate of accel_busy_seconds_total, integrated from the driver's sample "
+                "buffer, so it is exact for any interval.",
+                "percentunit",
+                [
+                    Target(
+                        f"rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}]) {TEAM_JOIN}", legend="{{instance}} {{device}}"
+                    )
+                ],
+                defaults={"min": 0, "max": 1},
+            ),
+            state_timeline(),
+            Panel(
+                "timeseries",
+                "Memory used per device",
+                "Device memory in use (accel_memory_used_bytes). Memory held on a device with no work is the "
+                "abandoned-job pattern.",
+                "bytes",
+                [Target(f"accel_memory_used_bytes{{{F_DEV}}} {TEAM_JOIN}", legend="{{instance}} {{device}}")],
+                defaults={"min": 0},
+            ),
+            Panel(
+                "timeseries",
+                "Power per device",
+                "Power draw of each device (accel_power_watts), where available.",
+                "watt",
+                [Target(f"accel_power_watts{{{F_DEV}}} {TEAM_JOIN}", legend="{{instance}} {{device}}")],
+                defaults={"min": 0},
+            ),
+            Panel(
+                "timeseries",
+                "Idle time per device",
+                "Seconds since each device was last active (accel_idle_seconds, 0 while active). Over 1 h with no "
+                "process fires AcceleratorIdle; over 4 h with memory held, AcceleratorAbandoned.",
+                "s",
+                [Target(f"accel_idle_seconds{{{F_DEV}}} {TEAM_JOIN}", legend="{{instance}} {{device}}")],
+            ),
+            money_series(
+                "Idle spend per device ($/h)",
+                "Hourly spend on each device while idle, by idle state.",
+                [
+                    Target(
+                        rate_sum("accel_idle_cost_dollars_total", "instance, device, state"),
+                        legend="{{instance}} {{device}} {{state}}",
+                    )
+                ],
+            ),
+            processes_table(),
+            Panel(
+                "table",
+                "Host identity and price source",
+                "accel_instance_info: provider, instance type, lifecycle and where the price came from "
+                "(price_source none fires AcceleratorPriceUnknown).",
+                "short",
+                [Target(f"accel_instance_info{{{F_INST}}}", instant=True, table=True)],
+                w=24,
+                h=5,
+                transformations=[
+                    {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}
+                ],
+            ),
+            Row(
+                "Device errors",
+                [
+                    stat(
+                        "Critical XID events",
+                        f"NVIDIA critical XID events ({XIDS_CRITICAL.replace('|', ', ')}) counted since the exporter "
+                        "started, on the selected devices. Any increase fires AcceleratorXidCritical.",
+                        "short",
+                        f'sum(accel_nvidia_xid_errors_total{{{F_DEV},xid=~"{XIDS_CRITICAL}"}} {TEAM_JOIN}) or vector(0)',
+                        w=6,
+                    ),
+                    stat(
+                        "Neuron ECC events",
+                        "AWS Neuron device ECC events counted since the exporter started (neuron-monitor "
+                        "neuron_hw_counters), on the selected NeuronCores.",
+                        "short",
+                        f"sum(accel_neuron_ecc_errors_total{{{F_DEV}}} {TEAM_JOIN}) or vector(0)",
+                        w=6,
+                    ),
+                    stat(
+                        "Devices down",
+                        "Devices not readable on the last poll (accel_device_up == 0); AcceleratorDeviceLost fires "
+                        "after 2 minutes.",
+                        "short",
+                        f"count(accel_device_up{{{F_DEV}}} == 0 {TEAM_JOIN}) or vector(0)",
+                        w=6,
+                    ),
+                    stat(
+                        "Exporter errors (time range)",
+                        "Errors counted by the exporter's collectors in the time range (accel_exporter_errors_total).",
+                        "short",
+                        f"sum(increase(accel_exporter_errors_total{{{F_INST}}}[$__range])) or vector(0)",
+                        instant=True,
+                        w=6,
+                    ),
+                ],
+                collapsed=True,
+            ),
+            exporter_health_row(),
+        ],
+    )
+
+
+def team_cost() -> Json:
+    cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
+    share = f"device_team:accel_cost_share:ratio_rate5m{{{F_TEAM}}}"
+    return dashboard(
+        "accel-team-cost",
+        "Accelerator team cost",
+        "Spend, idle spend and waste per team, for chargeback and for finding the idle money of each team.",
+        [
+            stat(
+                "Spend (time range)",
+                "Money spent on the selected teams' accelerators in the time range.",
+                "currencyUSD",
+                period_sum(cost),
+                instant=True,
+            ),
+            stat(
+                "Idle spend (time range)",
+                "Money spent while those accelerators were idle.",
+                "currencyUSD",
+                period_sum(idle),
+                instant=True,
+            ),
+            stat(
+                "Idle share of spend (time range)",
+                "Idle spend over spend in the time range (sum over sum).",
+                "percentunit",
+                f"{period_sum(idle)}\n/\n{period_sum(cost)}",
+                instant=True,
+            ),
+            stat("Spend now ($/h)", "Current hourly spend of the selected teams.", "currencyUSD", rate_sum(cost)),
+            stat(
+                "Idle spend now ($/h)",
+                "Current hourly idle spend. Above 20 $/h for a team (1 h average) fires AcceleratorTeamIdleSpendHigh.",
+                "currencyUSD",
+                rate_sum(idle),
+            ),
+            stat(
+                "Projected 30-day idle spend",
+                "Idle spend in the time range scaled to 30 days.",
+                "currencyUSD",
+                f"{period_sum(idle)} * 2592000 / $__range_s",
+                instant=True,
+            ),
+            money_series(
+                "Spend by team ($/h)",
+                "Hourly spend per team.",
+                [Target(rate_sum(cost, "team"), legend="{{team}}")],
+                stacked=True,
+            ),
+            money_series(
+                "Idle spend by team ($/h)",
+                "Hourly spend on idle accelerators per team.",
+                [Target(rate_sum(idle, "team"), legend="{{team}}")],
+                stacked=True,
+            ),
+            Panel(
+                "timeseries",
+                "Utilization by team",
+                "Busy fraction of the device time charged to each team: each device's busy rate is split between "
+                "teams by their share of its cost (device_team:accel_cost_share:ratio_rate5m), summed, and divided by "
+                "the team's device-equivalents. Devices with no price are not counted.",
+                "percentunit",
+                [
+                    Target(
+                        f"sum by (team) (\n  {share}\n  * on (job, instance, device) group_left ()\n"
+                        f"  rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}])\n)\n/\nsum by (team) ({share})",
+                        legend="{{team}}",
+                    )
+                ],
+                defaults={"min": 0, "max": 1},
+            ),
+            money_series(
+                "Waste by team ($/h)",
+                "Utilization-weighted waste per team: price x time x (target - utilization) / target.",
+                [Target(rate_sum(waste, "team"), legend="{{team}}")],
+                stacked=True,
+            ),
+            Panel(
+                "table",
+                "Team cost summary (time range)",
+                "Per team, over the time range: spend, idle spend, waste, and idle spend as a share of spend.",
+                "currencyUSD",
+                [
+                    Target(period_sum(cost, "team"), instant=True, table=True),
+                    Target(period_sum(idle, "team"), instant=True, table=True),
+                    Target(period_sum(waste, "team"), instant=True, table=True),
+                    Target(f"{period_sum(idle, 'team')}\n/\n{period_sum(cost, 'team')}", instant=True, table=True),
+                ],
+                w=24,
+                h=7,
+                overrides=[
+                    {
+                        "matcher": {"id": "byName", "options": "Idle share"},
+                        "properties": [{"id": "unit", "value": "percentunit"}],
+                    }
+                ],
+                transformations=[
+                    {"id": "merge", "options": {}},
+                    {
+                        "id": "organize",
+                        "options": {
+                            "excludeByName": {"Time": True},
+                            "renameByName": {
+                                "Value #A": "Spend",
+                                "Value #B": "Idle spend",
+                                "Value #C": "Waste",
+                                "Value #D": "Idle share",
+                            },
+                        },
+                    },
+                    {"id": "sortBy", "options": {"sort": [{"field": "Idle spend", "desc": True}]}},
+                ],
+            ),
+            Panel(
+                "bargauge",
+                "Idle spend by team and state (time range)",
+                "Idle spend split into idle_held (memory held by a process that does nothing: abandoned jobs) and "
+                "idle_free (no process: over-provisioned capacity).",
+                "currencyUSD",
+                [Target(period_sum(idle, "team, state"), legend="{{team}} {{state}}", instant=True)],
+            ),
+            Panel(
+                "bargauge",
+                "Idle accelerators by team now",
+                "Devices idle now, by the team charged most for them (device_team:accel_owner:info).",
+                "short",
+                [
+                    Target(
+                        f'sum by (team) (\n  accel_state{{{F_DEV},state=~"idle_held|idle_free"}}\n'
+                        f"  * on (job, instance, device) group_left (team) device_team:accel_owner:info{{{F_TEAM}}}\n)",
+                        legend="{{team}}",
+                        instant=True,
+                    )
+                ],
+            ),
+            effective_price_panel(),
+            processes_table(w=12),
+        ],
+    )
+
+
+DASHBOARDS = {
+    "fleet-overview.json": fleet_overview,
+    "host-detail.json": host_detail,
+    "team-cost.json": team_cost,
+}
+
+
+def render(name: str) -> str:
+    """The JSON text of one dashboard, exactly as committed."""
+    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """Write the dashboards into the directory given (default: this script's directory)."""
+    out_dir = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+    for name in DASHBOARDS:
+        (out_dir / name).write_text(render(name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

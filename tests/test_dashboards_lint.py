@@ -1,0 +1,248 @@
+"""Grafana dashboard conventions (dashboard-linter's rules, in pytest) and the catalogue contract.
+
+- identity: stable uid (<= 40 chars), "id": null, pinned schemaVersion, tags, no __inputs;
+- one `datasource` variable, used by every panel and query; chained job -> instance -> device and
+  team variables from label_values(), multi-select with allValue ".+";
+- panels: only timeseries/stat/bargauge/table/row, a title, a description and a unit on each, on
+  the 24-column grid without overlaps;
+- queries: $__rate_interval in every rate()/increase() (increase(x[$__range]) for period stats),
+  every selector filtered by the variables whose labels the series has, device-level queries
+  restricted to the selected teams;
+- contract: every accel_* metric exists in exporter.catalogue, every rule name in alerts/;
+- the committed JSON is exactly what grafana/generate.py produces.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from test_alerts_lint import (
+    CATALOGUE_LABELS,
+    CATALOGUE_NAMES,
+    SCRAPE_LABELS,
+    label_names,
+    metric_labels,
+    metric_names,
+    recording_rule_names,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAFANA = ROOT / "grafana"
+FILES = ["fleet-overview.json", "host-detail.json", "team-cost.json"]
+PANEL_TYPES = {"timeseries", "stat", "bargauge", "table", "row"}
+UNITS = {"currencyUSD", "percentunit", "percent", "bytes", "watt", "s", "short", "celsius", "hertz"}
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SCHEMA_VERSION = 39
+VARIABLE_MATCHERS = {
+    "job": 'job=~"$job"',
+    "instance": 'instance=~"$instance"',
+    "device": 'device=~"$device"',
+    "team": 'team=~"$team"',
+}
+SELECTOR_RE = re.compile(r"([a-zA-Z_][\w:]*)\s*(\{[^{}]*\})?")
+
+
+def load(name: str) -> dict[str, Any]:
+    data = json.loads((GRAFANA / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, including those inside collapsed rows."""
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def queries() -> list[tuple[str, str, str]]:
+    return [
+        (name, f"{p['title']} [{t['refId']}]", t["expr"])
+        for name in FILES
+        for p in panels(load(name))
+        for t in p.get("targets", [])
+    ]
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grafana_generate", GRAFANA / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric, matcher block) for every accel_* or recording-rule selector in the expression."""
+    out = []
+    for m in SELECTOR_RE.finditer(expr):
+        name, block = m.group(1), m.group(2) or ""
+        if name in metric_names(name) and not expr[m.end() :].lstrip().startswith("("):
+            start = m.start()
+            if start > 0 and (expr[start - 1].isalnum() or expr[start - 1] in "_:$"):
+                continue
+            out.append((name, block))
+    return out
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_generated_json_is_committed(name: str) -> None:
+    assert (GRAFANA / name).read_text() == generator().render(name), "run: python grafana/generate.py"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_identity(name: str) -> None:
+    d = load(name)
+    assert d["id"] is None
+    assert isinstance(d["uid"], str) and 0 < len(d["uid"]) <= 40 and re.fullmatch(r"[a-z0-9-]+", d["uid"])
+    assert d["schemaVersion"] == SCHEMA_VERSION
+    assert d["title"] and d["tags"] and d["description"]
+    assert "__inputs" not in d and "${DS_" not in json.dumps(d)
+    assert d["graphTooltip"] == 1
+    assert (d["refresh"].endswith("s") and int(d["refresh"][:-1]) >= 30) or d["refresh"].endswith(("m", "h"))
+
+
+def test_uids_are_unique() -> None:
+    assert len({load(n)["uid"] for n in FILES}) == len(FILES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_variables(name: str) -> None:
+    variables = {v["name"]: v for v in load(name)["templating"]["list"]}
+    ds = [v for v in variables.values() if v["type"] == "datasource"]
+    assert len(ds) == 1 and ds[0]["name"] == "datasource" and ds[0]["query"] == "prometheus"
+    chain = {"job": [], "instance": ["$job"], "device": ["$job", "$instance"], "team": ["$job", "$instance"]}
+    for var, parents in chain.items():
+        v = variables[var]
+        assert v["type"] == "query" and v["datasource"] == DS
+        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".+"
+        assert re.fullmatch(rf"label_values\(.+,\s*{var}\)", v["definition"])
+        assert v["query"]["query"] == v["definition"]
+        for parent in parents:
+            assert parent in v["definition"], f"{var} must be chained to {parent}"
+        assert metric_names(v["definition"]) <= CATALOGUE_NAMES
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_panels(name: str) -> None:
+    d = load(name)
+    ids = [p["id"] for p in panels(d)]
+    assert len(ids) == len(set(ids))
+    for p in panels(d):
+        assert p["type"] in PANEL_TYPES, f"{p['title']}: {p['type']}"
+        assert p["title"]
+        if p["type"] == "row":
+            continue
+        assert len(p["description"]) > 20, p["title"]
+        assert p["datasource"] == DS
+        assert p["fieldConfig"]["defaults"]["unit"] in UNITS, p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == DS
+            assert t["expr"].strip()
+        for override in p["fieldConfig"].get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    assert prop["value"] in UNITS
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_grid(name: str) -> None:
+    """Panels fit the 24-column grid and do not overlap (collapsed rows' panels among themselves)."""
+    d = load(name)
+    layers = [[p for p in d["panels"]]] + [p["panels"] for p in d["panels"] if p.get("panels")]
+    for layer in layers:
+        cells: set[tuple[int, int]] = set()
+        for p in layer:
+            g = p["gridPos"]
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+            assert not cells & mine, f"{p['title']} overlaps another panel"
+            cells |= mine
+
+
+@pytest.mark.parametrize(("name", "title", "expr"), queries(), ids=[f"{n}:{t}" for n, t, _ in queries()])
+def test_query(name: str, title: str, expr: str) -> None:
+    # Range selectors: $__rate_interval, or $__range inside increase() for period stats.
+    for window in re.findall(r"\[([^\]]+)\]", expr):
+        assert window in ("$__rate_interval", "$__range"), f"fixed range [{window}]"
+    for fn, window in re.findall(r"\b(\w+)\((?:[^()]|\([^()]*\))*?\[([^\]]+)\]", expr):
+        if window == "$__range":
+            assert fn == "increase", f"$__range is only for increase() period stats, found {fn}()"
+    for fn in re.findall(r"\b(rate|irate|increase|delta|deriv)\s*\(", expr):
+        assert fn != "irate", "irate hides spikes; use rate"
+    # Every selector is filtered by every variable whose label its series carries.
+    found = selectors(expr)
+    assert found, f"no accel_* metric in {expr}"
+    for metric, block in found:
+        labels = metric_labels(metric)
+        for var, matcher in VARIABLE_MATCHERS.items():
+            if var in labels:
+                assert matcher in block, f"{metric}{block} is not filtered by ${var}"
+    # Device-level queries honour the team selection (through the cost counters' team label).
+    if any('device=~"$device"' in block for _, block in found):
+        assert 'team=~"$team"' in expr, "device-level query ignores $team"
+    # Labels exist.
+    assert label_names(expr) - CATALOGUE_LABELS - SCRAPE_LABELS == set()
+
+
+def test_contract_every_metric_exists() -> None:
+    defined = recording_rule_names()
+    for name in FILES:
+        text = json.dumps(load(name))
+        names = metric_names(text)
+        assert names
+        unknown = {n for n in names if (":" in n and n not in defined) or (":" not in n and n not in CATALOGUE_NAMES)}
+        assert unknown == set(), f"{name}: not in exporter/catalogue.py nor alerts/accel-cost.rules.yml"
+
+
+def test_required_content() -> None:
+    """What the dashboards must show (issue 5), found by panel title across the three."""
+    titles = {(n, p["title"]): p for n in FILES for p in panels(load(n))}
+
+    def find(pattern: str) -> list[dict[str, Any]]:
+        return [p for (_, title), p in titles.items() if re.search(pattern, title, re.I)]
+
+    for pattern in (
+        r"^Spend now \(\$/h\)$",
+        r"^Idle spend now \(\$/h\)$",
+        r"^Waste",
+        r"Projected 30-day idle spend",
+        r"Idle accelerators now",
+        r"Top idle instances",
+        r"^Spend by team",
+        r"^Idle spend by team",
+        r"Utilization per device",
+        r"state timeline",
+        r"Long-running processes",
+        r"Effective \$ per busy accelerator-hour, by model",
+    ):
+        assert find(pattern), pattern
+    for p in find(r"Effective \$ per busy"):
+        expr = p["targets"][0]["expr"]
+        assert "group_left (model) accel_device_info" in expr and "accel_busy_seconds_total" in expr
+    for p in find(r"Long-running processes"):
+        exprs = " ".join(t["expr"] for t in p["targets"])
+        assert "accel_process_start_time_seconds" in exprs and "accel_process_memory_used_bytes" in exprs
+        assert "team" in exprs and p["type"] == "table"
+    for p in find(r"Projected 30-day"):
+        assert p["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
+
+
+def test_lint_can_fail() -> None:
+    """The selector check must see unfiltered selectors and fixed windows."""
+    assert selectors('sum(rate(accel_cost_dollars_total{job=~"$job"}[5m]))') == [
+        ("accel_cost_dollars_total", '{job=~"$job"}')
+    ]
+    assert selectors("team:accel_utilization:ratio_rate5m") == [("team:accel_utilization:ratio_rate5m", "")]
+    assert "team" in metric_labels("accel_cost_dollars_total")
