@@ -176,21 +176,23 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_neuron_execution_total",
         "counter",
         ("device", "outcome"),
-        "Neuron executions by outcome (neuron-monitor execution_summary, summed over runtimes on the core's device).",
+        "Neuron executions by outcome (neuron-monitor execution_summary per-period counts), on each runtime's "
+        "first owned NeuronCore: sum over a runtime's cores, not per core.",
         "neuron",
     ),
     _m(
         "accel_neuron_execution_errors_total",
         "counter",
         ("device", "error_type"),
-        "Neuron execution errors by type (neuron-monitor error_summary).",
+        "Neuron execution errors by type (neuron-monitor error_summary), on each runtime's first owned NeuronCore.",
         "neuron",
     ),
     _m(
         "accel_neuron_ecc_errors_total",
         "counter",
         ("device", "type"),
-        "Neuron device ECC events by type (neuron-monitor neuron_hw_counters).",
+        "Neuron device ECC events by type (neuron-monitor neuron_hw_counters: mem_corrected, mem_uncorrected, "
+        "sram_corrected, sram_uncorrected), on the Neuron device's first NeuronCore (see parent in accel_device_info).",
         "neuron",
     ),
     # --- the exporter itself ------------------------------------------------------------------

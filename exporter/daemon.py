@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
 from exporter.sources.base import Source
-from exporter.sources.procfs import ProcessFacts, ProcFs
+from exporter.sources.procfs import ProcFs
 from exporter.web.server import build_app, parse_listen_address
 
 log = logging.getLogger(__name__)
@@ -103,25 +104,14 @@ class Daemon:
             fake = FakeNvml(scenario, self.clock)
             self.sources.append(NvmlSource(fake.module, self.clock, SimProcFs(fake)))
         if scenario.neuron is not None:
-            from exporter.sim.neuron_monitor import write_fake_monitor_wrapper
+            from exporter.sim.neuron_monitor import ScenarioNeuronProcesses, write_fake_monitor_wrapper
             from exporter.sources.neuron import NeuronSource
 
             self._tmp = tempfile.TemporaryDirectory(prefix="accel-demo-")
             wrapper = write_fake_monitor_wrapper(Path(self._tmp.name), name)
-            runtimes = {rt.pid: rt for rt in scenario.neuron.runtimes}
-            started = self.clock.time()
-
-            class _NeuronProcFs:
-                def facts(self, pid: int) -> ProcessFacts | None:
-                    rt = runtimes.get(pid)
-                    if rt is None:
-                        return None
-                    return ProcessFacts(
-                        user=rt.user, command=rt.tag, start_time_seconds=started + rt.start, cgroup=rt.cgroup
-                    )
-
+            processes = ScenarioNeuronProcesses(scenario, self.clock.time())
             settings = replace(self.config.neuron, monitor_path=str(wrapper))
-            self.sources.append(NeuronSource(settings, self.clock, _NeuronProcFs()))
+            self.sources.append(NeuronSource(settings, self.clock, processes))
 
     def _demo_host(self) -> Any:
         if not self.options.demo:
@@ -269,7 +259,9 @@ class Daemon:
             if report.host_hints is not None:
                 self.provider.note_hints(report.host_hints)
             self.ledger.ingest(report, context, now)
-        self._publish()
+        # Render on a worker thread: with many devices it takes tens of ms that would stall scrapes.
+        snapshot = self.ledger.snapshot(self.clock.monotonic())
+        await asyncio.get_running_loop().run_in_executor(None, self.cache.update, snapshot)
         self._ready = True
 
     async def _poll_source(self, source: Source) -> SourceReport:
@@ -329,6 +321,24 @@ class Daemon:
     async def _shutdown(self) -> None:
         await self._shutdown_sources()
         if self._runner is not None:
+            server = self._runner.server
+            transports = [c.transport for c in server.connections if c.transport is not None] if server else []
+            deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
             await self._runner.cleanup()
+            await _flushed(transports, deadline)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+async def _flushed(transports: Sequence[asyncio.BaseTransport], deadline: float) -> None:
+    """Wait, until the loop time `deadline`, for closed connections to hand their buffered bytes to the kernel.
+
+    A scrape answered during shutdown may still sit in asyncio's write buffer when aiohttp's
+    cleanup returns; ending the event loop then would cut the body short. A client that stopped
+    reading gets nothing more once the grace period is over.
+    """
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline and any(
+        isinstance(t, asyncio.WriteTransport) and t.get_write_buffer_size() for t in transports
+    ):
+        await asyncio.sleep(0.01)

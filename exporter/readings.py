@@ -44,7 +44,10 @@ class ProcessReading:
 
 @dataclass(frozen=True)
 class CounterDelta:
-    """An increment of a vendor counter from the catalogue (e.g. XID events, Neuron executions)."""
+    """An increment of a vendor counter from the catalogue (e.g. XID events, Neuron executions).
+
+    `labels` names the catalogue labels; `device` is always the reading's device, given or not.
+    """
 
     metric: str
     labels: Labels

@@ -6,6 +6,7 @@ Times are seconds from the scenario's start; negative start times mean "started 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -151,7 +152,8 @@ def parse_size(value: Any) -> int | None:
     if isinstance(value, str):
         match = _SIZE.match(value)
         if match:
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
+            size = float(match.group(1)) * _UNITS[match.group(2)]
+            return int(size) if math.isfinite(size) else None  # 400 digits of GiB: not a size
     return None
 
 
@@ -384,7 +386,12 @@ def builtin_scenarios() -> list[str]:
 def load_scenario(name_or_path: str) -> Scenario:
     """Load a built-in scenario by name, or a scenario file by path."""
     if name_or_path in builtin_scenarios():
-        text = resources.files("exporter.sim").joinpath("scenarios").joinpath(f"{name_or_path}.yaml").read_text(encoding="utf-8")
+        text = (
+            resources.files("exporter.sim")
+            .joinpath("scenarios")
+            .joinpath(f"{name_or_path}.yaml")
+            .read_text(encoding="utf-8")
+        )
         source = name_or_path
     else:
         path = Path(name_or_path)
@@ -402,4 +409,6 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ConfigInvalid([f"not valid YAML: {getattr(exc, 'problem', None) or exc}"], source) from None
     except RecursionError:
         raise ConfigInvalid(["not valid YAML: nested too deeply"], source) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigInvalid([f"not valid YAML: {exc}"], source) from None
     return parse_scenario(document, source)

@@ -1,0 +1,285 @@
+"""CPU time to ingest one big neuron-monitor line, next to plain json.loads of the same line.
+
+The line is shaped like the CloudWatch 32-runtime fixture on a trn1n.32xlarge (~1.5 MB): every
+runtime lists all 32 cores, breaks its memory down per core and has 32 loaded models. json.loads
+is the floor: the parser must build the document anyway. Target: ingest <= 2x the floor.
+
+    .venv/bin/python bench/bench_neuron_parse.py [--runs 40] [--write-docs]
+
+`--write-docs` puts the table under "## Neuron line ingest" in docs/benchmarks.md (the section
+is replaced when present, appended otherwise; the rest of the file is left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.sources.neuron_cores import CoreTracker  # noqa: E402
+from exporter.sources.neuron_parse import parse_line  # noqa: E402
+from exporter.sources.procfs import ProcessFacts  # noqa: E402
+
+HEADING = "## Neuron line ingest"
+CORES = 32
+RUNTIMES = 32
+# Subgraphs per loaded model; 4 brings the line to the ~1.5 MB of the CloudWatch fixture.
+SUBGRAPHS = 4
+VCPUS = 128
+
+
+def _latency(base: float) -> dict[str, float]:
+    return {
+        p: base * f
+        for p, f in (("p0", 1.0), ("p1", 1.1), ("p25", 1.2), ("p50", 1.3), ("p75", 1.4), ("p99", 2.0), ("p100", 3.1))
+    }
+
+
+def _cpu() -> dict[str, float]:
+    return {"user": 51.31, "nice": 0, "system": 6.21, "idle": 42.48, "io_wait": 0, "irq": 0, "soft_irq": 0}
+
+
+def big_line(runtimes: int = RUNTIMES, cores: int = CORES) -> bytes:
+    """A trn1n.32xlarge line with `runtimes` runtimes, each listing all `cores` cores."""
+    data = []
+    for r in range(runtimes):
+        own = r % cores
+        in_use = {
+            str(c): {
+                "neuroncore_utilization": 87.5 if c == own else 0,
+                "flops": 123456789012 if c == own else 0,
+                "effective_flops": 0,
+            }
+            for c in range(cores)
+        }
+        per_core = {
+            str(c): {
+                "constants": 1048576,
+                "model_code": 100752896 if c == own else 0,
+                "model_shared_scratchpad": 0,
+                "runtime_memory": 0,
+                "tensors": 9912852,
+            }
+            for c in range(cores)
+        }
+        models = [
+            {
+                "name": f"2.2.0.73+0af5a171c-/neuronxcc-model{m}",
+                "uuid": f"{r:016x}{m:016x}",
+                "model_id": 10000 + m,
+                "is_running": m == 0,
+                "subgraphs": {
+                    f"sg_{g:02d}": {
+                        "memory_used_bytes": {
+                            "host": 20480,
+                            "neuron_device": 24064,
+                            "usage_breakdown": {
+                                "host": {"application_memory": 20480, "constants": 0, "dma_buffers": 0, "tensors": 0},
+                                "neuron_device": {
+                                    "constants": 0,
+                                    "model_code": 24064,
+                                    "runtime_memory": 0,
+                                    "tensors": 0,
+                                },
+                            },
+                        },
+                        "neuroncore_index": own % 2,
+                        "neuron_device_index": own // 2,
+                    }
+                    for g in range(SUBGRAPHS)
+                },
+            }
+            for m in range(32)
+        ]
+        data.append(
+            {
+                "pid": 400000 + r,
+                "neuron_runtime_tag": str(300 + r),
+                "error": "",
+                "report": {
+                    "execution_stats": {
+                        "period": 4.999666547,
+                        "error_summary": {
+                            "generic": 0,
+                            "numerical": 0,
+                            "transient": 0,
+                            "model": 0,
+                            "runtime": 0,
+                            "hardware": 0,
+                        },
+                        "execution_summary": {
+                            "completed": 40,
+                            "completed_with_err": 0,
+                            "completed_with_num_err": 0,
+                            "timed_out": 0,
+                            "incorrect_input": 0,
+                            "failed_to_queue": 0,
+                        },
+                        "latency_stats": {"total_latency": _latency(0.011), "device_latency": _latency(0.010)},
+                        "error": "",
+                    },
+                    "memory_used": {
+                        "period": 4.999671285,
+                        "neuron_runtime_used_bytes": {
+                            "host": 9043968,
+                            "neuron_device": 3541303936,
+                            "usage_breakdown": {
+                                "host": {
+                                    "application_memory": 655360,
+                                    "constants": 0,
+                                    "dma_buffers": 8388608,
+                                    "tensors": 0,
+                                },
+                                "neuroncore_memory_usage": per_core,
+                            },
+                        },
+                        "loaded_models": models,
+                        "error": "",
+                    },
+                    "neuron_runtime_vcpu_usage": {
+                        "period": 4.999647382,
+                        "vcpu_usage": {"user": 0, "system": 0},
+                        "error": "",
+                    },
+                    "neuroncore_counters": {"period": 4.999667932, "neuroncores_in_use": in_use, "error": ""},
+                },
+            }
+        )
+    document = {
+        "neuron_runtime_data": data,
+        "system_data": {
+            "neuron_hw_counters": {
+                "period": 5.000142057,
+                "neuron_devices": [
+                    {
+                        "neuron_device_index": d,
+                        "mem_ecc_corrected": 0,
+                        "mem_ecc_uncorrected": 0,
+                        "sram_ecc_uncorrected": 0,
+                        "sram_ecc_corrected": 0,
+                    }
+                    for d in range(16)
+                ],
+                "error": "",
+            },
+            "vcpu_usage": {
+                "period": 4.999737702,
+                "average_usage": _cpu(),
+                "usage_data": {str(c): _cpu() for c in range(VCPUS)},
+                "context_switch_count": 171386,
+                "error": "",
+            },
+            "memory_info": {
+                "period": 4.99972,
+                "memory_total_bytes": 532523487232,
+                "memory_used_bytes": 81207975936,
+                "swap_total_bytes": 0,
+                "swap_used_bytes": 0,
+                "error": "",
+            },
+        },
+        "instance_info": {
+            "instance_id": "i-09db9b55e0095612f",
+            "instance_type": "trn1n.32xlarge",
+            "instance_availability_zone": "us-east-1c",
+            "instance_region": "us-east-1",
+            "error": "",
+        },
+        "neuron_hardware_info": {"neuron_device_count": 16, "neuroncore_per_device_count": 2, "error": ""},
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+class _Procs:
+    def facts(self, pid: int) -> ProcessFacts | None:
+        return ProcessFacts(user="bench", command="python")
+
+
+def cpu_ms(work: Callable[[], object], runs: int) -> list[float]:
+    """CPU milliseconds (process time) of each run, after two warm-up runs."""
+    for _ in range(2):
+        work()
+    out = []
+    for _ in range(runs):
+        start = time.process_time_ns()
+        work()
+        out.append((time.process_time_ns() - start) / 1e6)
+    return out
+
+
+def measure(runs: int) -> tuple[int, dict[str, list[float]]]:
+    """Line size and per-run CPU ms of json.loads, parse_line and parse + accounting."""
+    line = big_line()
+    tracker = CoreTracker("bench")
+    procs = _Procs()
+
+    def ingest() -> None:
+        tracker.ingest(parse_line(line))
+
+    results = {
+        "json.loads (floor)": cpu_ms(lambda: json.loads(line), runs),
+        "parse_line": cpu_ms(lambda: parse_line(line), runs),
+        "ingest = parse_line + core accounting": cpu_ms(ingest, runs),
+        "readings (once per poll, 32 cores)": cpu_ms(lambda: tracker.readings(procs), runs),
+    }
+    return len(line), results
+
+
+def table(size: int, results: dict[str, list[float]], runs: int) -> str:
+    floor = statistics.median(results["json.loads (floor)"])
+    lines = [
+        f"One {size / 1e6:.2f} MB line ({RUNTIMES} runtimes x {CORES} cores, trn1n.32xlarge shape); "
+        f"CPU time per line, median of {runs} runs; Python {platform.python_version()}, stdlib json.",
+        "",
+        "| step | median ms | min ms | x floor |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, values in results.items():
+        median = statistics.median(values)
+        lines.append(f"| {name} | {median:.1f} | {min(values):.1f} | {median / floor:.2f} |")
+    return "\n".join(lines)
+
+
+def write_docs(body: str) -> Path:
+    """Replace or append the section in docs/benchmarks.md."""
+    path = ROOT / "docs" / "benchmarks.md"
+    section = f"{HEADING}\n\nMeasured with `python bench/bench_neuron_parse.py --write-docs`. Target: ingest <= 2x the floor.\n\n{body}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if HEADING in text:
+        before, rest = text.split(HEADING, 1)
+        after = rest.find("\n## ")
+        tail = rest[after + 1 :] if after >= 0 else ""
+        text = before + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    size, results = measure(args.runs)
+    body = table(size, results, args.runs)
+    print(body)
+    ratio = statistics.median(results["ingest = parse_line + core accounting"]) / statistics.median(
+        results["json.loads (floor)"]
+    )
+    print(f"\ningest / floor = {ratio:.2f} ({'within' if ratio <= 2.0 else 'OVER'} the 2x target)")
+    if args.write_docs:
+        print(f"wrote {write_docs(body)}")
+    return 0 if ratio <= 2.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
