@@ -241,7 +241,11 @@ class Daemon:
         interval = self.options.interval
         next_tick = self.clock.monotonic()
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a bug hit by one poll must not silently end every later one
+                log.exception("poll failed; the next one runs on schedule")
+                self.ledger.count_error("exporter", "poll_failed")
             next_tick += interval
             now = self.clock.monotonic()
             if next_tick < now:
@@ -307,6 +311,7 @@ class Daemon:
         provider = self._new_provider(config)
         await provider.start()
         self.provider = provider
+        self._context_error_seen = {}  # the new provider counts from zero
         self._record_context()
         log.info("configuration reloaded from %s", self.options.config_file or "defaults")
         return True

@@ -80,10 +80,16 @@ class Ledger:
         for reading in report.devices:
             seen.add(reading.identity.device)
             self._ingest_device(report.collector, reading, now)
+        missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
-            for name in [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]:
+            for name in missing:
                 del self._devices[name]
+        else:
+            # The source could not read its devices at all (neuron-monitor down): the ones it had
+            # stay, shown down, and keep accruing time and cost like a lost GPU.
+            for name in missing:
+                self._ingest_device(report.collector, DeviceReading(self._devices[name].identity, up=False), now)
         self._reprice(context)
 
     def record_collector(

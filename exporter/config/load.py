@@ -50,6 +50,8 @@ def load_config(path: str | None) -> Config:
         raise ConfigInvalid([f"not valid YAML{where}: {problem}"], path) from None
     except RecursionError:
         raise ConfigInvalid(["not valid YAML: nested too deeply"], path) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigInvalid([f"not valid YAML: {exc}"], path) from None
     return parse_config(document, source=path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +31,30 @@ class ConfigInvalid(Exception):
         return where + "invalid configuration:\n" + "\n".join(f"  - {e}" for e in self.errors)
 
 
+# Bounded repr: a YAML alias bomb (a few lines aliasing lists of lists) must not be expanded
+# into an error message of gigabytes.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 200
+_REPR.maxlevel = 3
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer past Python's 4300-digit str() limit
+        return "a number too long to show"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def finite_number(value: Any) -> float | None:
+    """`value` as a finite float; None for bools, non-numbers, NaN, infinities and integers beyond a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # YAML integers are unbounded: 10**400 is a valid document
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_duration(value: Any) -> float | None:
@@ -40,7 +62,8 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) and value >= 0 else None
+        number = finite_number(value)
+        return number if number is not None and number >= 0 else None
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
@@ -96,13 +119,14 @@ class Reader:
         if value is None:
             return default
         bounds = _bounds(minimum, maximum)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        number = finite_number(value)
+        if number is None:
             self.error(key, f"a number{bounds}", value)
             return default
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             self.error(key, f"a number{bounds}", value)
             return default
-        return float(value)
+        return number
 
     def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
         """A whole number within bounds."""
@@ -196,11 +220,11 @@ class Reader:
             return {}
         out: dict[str, float] = {}
         for name, item in value.items():
-            ok = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) and item > 0
-            if not isinstance(name, str) or not ok:
+            price = finite_number(item)
+            if not isinstance(name, str) or price is None or price <= 0:
                 self.error(f"{key}.{name}", "a price in USD per hour greater than 0", item)
                 continue
-            out[name] = float(item)
+            out[name] = price
         return out
 
     def items(self, key: str) -> list[Reader]:

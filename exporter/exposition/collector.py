@@ -30,10 +30,19 @@ class _Families:
             else:
                 family = GaugeMetricFamily(name, entry.help, labels=list(entry.labels))
             self._families[name] = family
-        family.add_metric(list(labels), value)  # type: ignore[attr-defined]
+        family.add_metric([_encodable(v) for v in labels], value)  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
+
+
+def _encodable(value: str) -> str:
+    """A label value UTF-8 can carry: a lone surrogate becomes '?'.
+
+    Python hands out lone surrogates for undecodable bytes (a Latin-1 user name from pwd) and for
+    JSON escapes like "\\ud800" (neuron-monitor); one of them would make every render fail.
+    """
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
 def build_families(snapshot: Snapshot) -> list[Metric]:
@@ -94,7 +103,9 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
             if p.start_time_seconds is not None:
                 f.add("accel_process_start_time_seconds", [dev, pid], p.start_time_seconds)
         for metric, labels, value in d.counters:
-            f.add(metric, [dev, *(v for _, v in labels)], value)
+            # By name, not position: a source may or may not include `device` in its labels.
+            named = {**dict(labels), "device": dev}
+            f.add(metric, [named.get(label, "") for label in spec(metric).labels], value)
     for c in snapshot.collectors:
         f.add("accel_exporter_collector_success", [c.name], 1 if c.success else 0)
         f.add("accel_exporter_collector_duration_seconds", [c.name], c.duration_seconds)

@@ -1,7 +1,9 @@
 """Render once per snapshot, serve cached bytes to every scrape.
 
-Scrape cost must not grow with the number of scrapers: the text format (plain and gzipped) is
-rendered right after each poll; OpenMetrics is rendered on first request and cached too.
+Scrape cost must not grow with the number of scrapers: both formats (plain and gzipped) are
+rendered right after each poll, by the daemon on a worker thread so a big host's render (tens of
+ms for 64 GPUs) never stalls the event loop that answers scrapes. Prometheus asks for OpenMetrics,
+so rendering it lazily on the first scrape would put that stall back on the scrape path.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ class RenderCache:
         self.version = 0
 
     def update(self, snapshot: Snapshot) -> None:
-        """Render the text format for a new snapshot; OpenMetrics waits until someone asks."""
+        """Render both formats for a new snapshot; safe to call from one worker thread at a time."""
         self._collector.set(snapshot)
-        self._text = _pack(generate_latest(self._registry), TEXT_CONTENT_TYPE)
-        self._openmetrics = None
+        text = _pack(generate_latest(self._registry), TEXT_CONTENT_TYPE)
+        openmetrics = _pack(generate_openmetrics(self._registry), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
+        # Readers on the event loop see either the old or the new rendering, never a half-built one.
+        self._text, self._openmetrics = text, openmetrics
         self.version = snapshot.version
 
     def text(self) -> Rendered | None:

@@ -186,7 +186,12 @@ def parse_line(line: bytes | str) -> MonitorRecord:
         raise ParseError(f"not a JSON document: {_short(exc)}") from None
     if not isinstance(document, dict):
         raise ParseError(f"expected a JSON object, found {type(document).__name__}")
-    return parse_document(document)
+    try:
+        return parse_document(document)
+    except (OverflowError, RecursionError) as exc:
+        # Numbers no float can hold, or nesting deeper than the interpreter allows: one bad line,
+        # counted and skipped like any other, must not end the reader.
+        raise ParseError(f"unusable values: {_short(exc)}") from None
 
 
 def parse_document(document: dict[str, Any]) -> MonitorRecord:
@@ -231,7 +236,10 @@ def _dict(value: Any) -> dict[str, Any]:
 def _number(value: Any) -> float | None:
     # bool is an int subclass; a JSON true is not a number here.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            return None
         return number if math.isfinite(number) else None
     return None
 

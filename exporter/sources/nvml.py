@@ -8,6 +8,7 @@ code below cannot tell them apart.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -58,6 +59,10 @@ class _Device:
     last_poll: float | None = None
     unsupported: set[str] = field(default_factory=set)
     lost: bool = False
+    # Set when the device could not even be identified at enumeration (e.g. lost before start):
+    # it is kept as a row with accel_device_up 0 instead of hiding every other GPU.
+    unreadable: str = ""
+    index: int = -1  # NVML enumeration index, to identify an unreadable GPU again
 
 
 class NvmlSource:
@@ -89,6 +94,7 @@ class NvmlSource:
         self._next_init = 0.0
         self._init_problem = ""
         self._known: tuple[DeviceIdentity, ...] = ()
+        self._driver = ""
 
     async def start(self) -> None:
         """Initialise NVML on the worker thread; failure is logged and retried by `poll`."""
@@ -156,9 +162,18 @@ class NvmlSource:
 
     def _enumerate(self) -> None:
         nvml = self._nvml
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
+        self._driver = _text(nvml.nvmlSystemGetDriverVersion())
         devices: list[_Device] = []
         for index in range(nvml.nvmlDeviceGetCount()):
+            devices.extend(self._identify(index))
+        self._set_devices(devices)
+        self._register_events()
+
+    def _identify(self, index: int) -> list[_Device]:
+        """The GPU at `index` and its MIG instances; a dead GPU becomes one unreadable row."""
+        nvml = self._nvml
+        driver = self._driver
+        try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
             model = _text(nvml.nvmlDeviceGetName(handle))
@@ -168,16 +183,54 @@ class NvmlSource:
                 minor = index  # Windows and some containers: fall back to the enumeration index
             name = f"nvidia{minor}"
             migs = self._mig_children(handle, name, model, driver)
-            remainder = max(0.0, 1.0 - sum(m.identity.price_units for m in migs)) if migs else 1.0
-            identity = DeviceIdentity(
-                name, uuid, "nvidia", model, "gpu", "", driver, physical=True, price_units=remainder
-            )
-            devices.append(_Device(handle, identity, mig_enabled=bool(migs)))
-            devices.extend(migs)
+        except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
+            # One dead GPU (fallen off the bus before we started) must not hide the others. Other
+            # errors may be transient: they fail the enumeration, which is retried as a whole.
+            log.error("GPU at index %d cannot be identified (%s); it shows as nvidia%d, down", index, exc, index)
+            identity = DeviceIdentity(f"nvidia{index}", "", "nvidia", "", "gpu", "", driver)
+            return [_Device(None, identity, lost=True, unreadable=_reason(exc), index=index)]
+        remainder = max(0.0, 1.0 - sum(m.identity.price_units for m in migs)) if migs else 1.0
+        identity = DeviceIdentity(name, uuid, "nvidia", model, "gpu", "", driver, physical=True, price_units=remainder)
+        return [_Device(handle, identity, mig_enabled=bool(migs), index=index), *migs]
+
+    def _set_devices(self, devices: list[_Device]) -> None:
         self._devices = devices
-        self._by_uuid = {d.identity.uuid: d for d in devices}
+        self._by_uuid = {d.identity.uuid: d for d in devices if d.identity.uuid}
         self._known = tuple(d.identity for d in devices)
-        self._register_events()
+
+    def _reidentify(self) -> None:
+        """Try again to identify GPUs that were dead at enumeration; a GPU that comes back is found."""
+        nvml = self._nvml
+        devices: list[_Device] = []
+        found = False
+        for dev in self._devices:
+            if not dev.unreadable:
+                devices.append(dev)
+                continue
+            try:
+                replacement = self._identify(dev.index)
+            except nvml.NVMLError:
+                replacement = [dev]
+            if not replacement[0].unreadable:
+                log.warning(
+                    "GPU at index %d answers again as %s (%s)",
+                    dev.index,
+                    replacement[0].identity.device,
+                    replacement[0].identity.uuid,
+                )
+                found = True
+                if self._event_set is not None:
+                    try:
+                        nvml.nvmlDeviceRegisterEvents(
+                            replacement[0].handle, nvml.nvmlEventTypeXidCriticalError, self._event_set
+                        )
+                    except nvml.NVMLError as exc:
+                        log.debug("XID events not available on %s: %s", replacement[0].identity.device, exc)
+                devices.extend(replacement)
+            else:
+                devices.append(dev)
+        if found:
+            self._set_devices(devices)
 
     def _mig_children(self, handle: Any, parent: str, model: str, driver: str) -> list[_Device]:
         nvml = self._nvml
@@ -218,7 +271,7 @@ class NvmlSource:
         try:
             self._event_set = nvml.nvmlEventSetCreate()
             for dev in self._devices:
-                if not dev.is_mig:
+                if not dev.is_mig and not dev.unreadable:
                     try:
                         nvml.nvmlDeviceRegisterEvents(dev.handle, nvml.nvmlEventTypeXidCriticalError, self._event_set)
                     except nvml.NVMLError as exc:
@@ -244,6 +297,8 @@ class NvmlSource:
                 complete=False,
                 message=self._init_problem,
             )
+        if any(d.unreadable for d in self._devices):
+            self._reidentify()
         readings_list = []
         for dev in self._devices:
             try:
@@ -292,6 +347,8 @@ class NvmlSource:
             return None
 
     def _read(self, dev: _Device, errors: Counter[str]) -> DeviceReading:
+        if dev.unreadable:
+            raise DeviceLost(dev.unreadable)
         now = self._clock.monotonic()
         memory = self._memory(dev, errors)
         busy: float | None = None
@@ -436,6 +493,18 @@ class NvmlSource:
                 out.append(ProcessReading(pid, used, facts.user, facts.command, facts.start_time_seconds, facts.cgroup))
         return tuple(out)
 
+    def _event_device(self, handle: Any) -> _Device | None:
+        """The device an event came from: by UUID, or by handle when the GPU no longer answers.
+
+        XID 79 (fallen off the bus) arrives exactly when nvmlDeviceGetUUID starts failing; the
+        event must still be counted on its device.
+        """
+        try:
+            return self._by_uuid.get(_text(self._nvml.nvmlDeviceGetUUID(handle)))
+        except self._nvml.NVMLError:
+            key = _handle_key(handle)
+            return next((d for d in self._devices if d.handle is not None and _handle_key(d.handle) == key), None)
+
     def _drain_events(self, errors: Counter[str]) -> dict[str, tuple[CounterDelta, ...]]:
         nvml = self._nvml
         if self._event_set is None:
@@ -449,19 +518,24 @@ class NvmlSource:
             except nvml.NVMLError as exc:
                 errors[_reason(exc)] += 1
                 break
-            try:
-                uuid = _text(nvml.nvmlDeviceGetUUID(event.device))
-            except nvml.NVMLError:
-                continue
-            dev = self._by_uuid.get(uuid)
+            dev = self._event_device(event.device)
             if dev is None:
+                errors["xid_unknown_device"] += 1
                 continue
             xid = str(int(event.eventData))
-            log.warning("XID %s on %s (%s)", xid, dev.identity.device, uuid)
+            log.warning("XID %s on %s (%s)", xid, dev.identity.device, dev.identity.uuid)
             found.setdefault(dev.identity.device, []).append(
                 CounterDelta("accel_nvidia_xid_errors_total", (("xid", xid),), 1.0)
             )
         return {k: tuple(v) for k, v in found.items()}
+
+
+def _handle_key(handle: Any) -> object:
+    """A comparable identity for an NVML handle: the address of a ctypes pointer, else the handle."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (ctypes.ArgumentError, TypeError):
+        return handle
 
 
 def _text(value: Any) -> str:

@@ -141,14 +141,24 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise WebConfigInvalid(f"web config {file}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WebConfigInvalid(f"web config {file}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         raise WebConfigInvalid(f"web config {file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise WebConfigInvalid(f"web config {file}: not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # PyYAML's int conversion: more than 4300 digits
+        raise WebConfigInvalid(f"web config {file}: unusable value: {str(exc)[:120]}") from None
     errors: list[str] = []
-    config = _parse(data, file.resolve().parent, errors)
+    try:
+        config = _parse(data, file.resolve().parent, errors)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # Values no validator expects (integers of thousands of digits, absurd nesting).
+        raise WebConfigInvalid(f"web config {file}: unusable value: {str(exc)[:120]}") from None
     if not errors and config.tls is not None:
         try:
             build_ssl_context(config.tls)
