@@ -19,14 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.accounting.ledger import Ledger  # noqa: E402
-from exporter.clock import ManualClock  # noqa: E402
-from exporter.config import load_config  # noqa: E402
-from exporter.context.provider import ContextProvider  # noqa: E402
-from exporter.exposition.render import RenderCache  # noqa: E402
-from exporter.sim.fake_nvml import FakeNvml, SimProcFs  # noqa: E402
-from exporter.sim.scenario import load_scenario  # noqa: E402
-from exporter.sources.nvml import NvmlSource  # noqa: E402
+from exporter.accounting.ledger import Ledger
+from exporter.clock import ManualClock
+from exporter.config import load_config
+from exporter.context.provider import ContextProvider
+from exporter.exposition.render import RenderCache
+from exporter.sim.fake_nvml import FakeNvml, SimProcFs
+from exporter.sim.scenario import load_scenario
+from exporter.sources.nvml import NvmlSource
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "sim" / "demo-config.yaml"
 

@@ -1,0 +1,171 @@
+"""Shared, generic fixtures: a free loopback port and the exporter as a real subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pick_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free loopback port."""
+    return pick_free_port()
+
+
+@dataclass
+class HttpResult:
+    """One HTTP answer; `body` is the raw (possibly gzipped) bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> HttpResult:
+    """GET without following anything clever; HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpResult(response.status, dict(response.headers.items()), response.read())
+    except urllib.error.HTTPError as exc:
+        return HttpResult(exc.code, dict(exc.headers.items()), exc.read())
+
+
+@dataclass
+class ExporterProcess:
+    """A running `python -m exporter`; its stdout and stderr go to `log_path`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    args: tuple[str, ...] = field(default=())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> HttpResult:
+        return http_get(self.url + path, headers)
+
+    def metrics(self) -> str:
+        result = self.get("/metrics")
+        assert result.status == 200, result.text
+        return result.text
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit within `timeout`; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Poll /-/ready until 200; fails with the log if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"exporter exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/-/ready").status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"exporter not ready after {timeout}s:\n{self.log()}")
+
+
+def exporter_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child exporter: no ACCEL_* settings leak in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def start_exporter(
+    args: Sequence[str],
+    log_path: Path,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> ExporterProcess:
+    """Start the exporter listening on 127.0.0.1:`port` and (by default) wait for /-/ready."""
+    port = port or pick_free_port()
+    argv = (sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args)
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=exporter_env(env))
+    log_file.close()
+    exporter = ExporterProcess(proc, port, log_path, tuple(args))
+    if wait:
+        try:
+            exporter.wait_ready()
+        except BaseException:
+            exporter.stop()
+            raise
+    return exporter
+
+
+@pytest.fixture
+def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
+    """A factory: `run_exporter(["--demo", "p4d-idle-fleet"])`; every process is stopped afterwards."""
+    started: list[ExporterProcess] = []
+
+    def factory(args: Sequence[str], **kwargs: object) -> ExporterProcess:
+        log_path = tmp_path / f"exporter-{len(started)}.log"
+        exporter = start_exporter(args, log_path, **kwargs)  # type: ignore[arg-type]
+        started.append(exporter)
+        return exporter
+
+    yield factory
+    for exporter in started:
+        exporter.stop()
+
+
+def bench_module(name: str) -> ModuleType:
+    """Import `bench/<name>.py` (not a package) so tests run the benchmarks' code in short form."""
+    module_name = f"bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,257 @@
+"""Configuration validation and the command line: clear one-line errors, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, exporter_env
+
+from exporter.cli import build_parser, options_from_args
+from exporter.config import ConfigInvalid, load_config, parse_config, parse_duration
+from exporter.sim.scenario import builtin_scenarios
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=ROOT,
+        env=exporter_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# --- the YAML configuration ------------------------------------------------------------------
+
+
+def test_defaults_when_no_file() -> None:
+    config = load_config(None)
+    assert config.accounting.idle_threshold == pytest.approx(0.01)
+    assert config.accounting.target_utilization == pytest.approx(0.8)
+
+
+def test_valid_document_is_read() -> None:
+    config = parse_config(
+        {
+            "accounting": {"idle_threshold": 0.05, "target_utilization": 0.6},
+            "pricing": {"instance_types": {"p4d.24xlarge": 20.0}},
+        }
+    )
+    assert config.accounting.idle_threshold == pytest.approx(0.05)
+    assert config.accounting.target_utilization == pytest.approx(0.6)
+    assert dict(config.pricing.instance_types) == {"p4d.24xlarge": 20.0}
+
+
+@pytest.mark.parametrize(
+    ("document", "key", "expected", "found"),
+    [
+        ({"accounting": {"idle_threshold": 2}}, "accounting.idle_threshold", "a number from 0 to 1", "2"),
+        ({"accounting": {"idle_threshold": "low"}}, "accounting.idle_threshold", "a number", "'low'"),
+        ({"accounting": {"target_utilization": 0}}, "accounting.target_utilization", "a number from 0.01", "0"),
+        ({"accounting": {"export_processes": "yes"}}, "accounting.export_processes", "true or false", "'yes'"),
+        (
+            {"accounting": {"max_processes_per_device": 1.5}},
+            "accounting.max_processes_per_device",
+            "a whole number",
+            "1.5",
+        ),
+        ({"pricing": {"instance_types": {"p4d.24xlarge": -1}}}, "pricing.instance_types.p4d.24xlarge", "a price", "-1"),
+        ({"pricing": {"split": "half"}}, "pricing.split", "one of 'even', 'opencost'", "'half'"),
+        ({"pricing": {"refresh_interval": "soon"}}, "pricing.refresh_interval", "a duration", "'soon'"),
+        ({"host": {"lifecycle": "forever"}}, "host.lifecycle", "one of", "'forever'"),
+        ({"accounting": [1, 2]}, "accounting", "a mapping", "[1, 2]"),
+        ({"neuron": {"period": "0s"}}, "neuron.period", "a duration", "'0s'"),
+    ],
+)
+def test_bad_value_names_key_expected_and_found(document: object, key: str, expected: str, found: str) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(document, source="test.yml")
+    assert len(info.value.errors) == 1, info.value.errors
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("test.yml: ")
+    assert f"'{key}'" in message
+    assert f"expected {expected}" in message
+    assert f"found {found}" in message
+
+
+def test_unknown_key_is_named_with_the_known_ones() -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config({"accounting": {"idle_treshold": 0.1}})
+    (error,) = info.value.errors
+    assert "'accounting.idle_treshold'" in error
+    assert "unknown key" in error
+    assert "idle_threshold" in error  # the fix is in the message
+
+
+def test_unknown_top_level_key() -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config({"acounting": {}})
+    assert info.value.errors == [info.value.errors[0]]
+    assert "'acounting'" in info.value.errors[0]
+
+
+def test_every_error_is_listed_at_once() -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config({"accounting": {"idle_threshold": 5, "target_utilization": 9}, "bogus": 1})
+    keys = " ".join(info.value.errors)
+    assert len(info.value.errors) == 3
+    for key in ("accounting.idle_threshold", "accounting.target_utilization", "bogus"):
+        assert f"'{key}'" in keys
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid, match="file not found"):
+        load_config(str(tmp_path / "missing.yml"))
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("accounting: [\n")
+    with pytest.raises(ConfigInvalid, match=r"not valid YAML at line \d+"):
+        load_config(str(bad_yaml))
+    binary = tmp_path / "bin.yml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigInvalid, match="not UTF-8"):
+        load_config(str(binary))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5.0), ("250ms", 0.25), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86400.0), (3, 3.0), ("7", 7.0)],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5 weeks", "-1s", True, None, float("nan"), "s5"])
+def test_parse_duration_rejects(text: object) -> None:
+    assert parse_duration(text) is None
+
+
+# --- flags, in process -------------------------------------------------------------------------
+
+
+def test_flag_values_are_validated_with_the_flag_name() -> None:
+    parser = build_parser()
+    for argv, flag in (
+        (["--collector.interval", "50ms"], "--collector.interval"),
+        (["--collector.interval", "2h"], "--collector.interval"),
+        (["--web.listen-address", "localhost"], "--web.listen-address"),
+        (["--web.listen-address", ":99999"], "--web.listen-address"),
+        (["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
+        (["--web.telemetry-path", "/-/ready"], "--web.telemetry-path"),
+        (["--neuron.monitor-path", "neuron-monitor"], "--neuron.monitor-path"),
+    ):
+        with pytest.raises(ValueError) as info:
+            options_from_args(parser.parse_args(argv))
+        assert str(info.value).startswith(flag + ":"), str(info.value)
+
+
+def test_environment_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCEL_COLLECTOR_INTERVAL", "30s")
+    monkeypatch.setenv("ACCEL_WEB_LISTEN_ADDRESS", "127.0.0.1:1, 127.0.0.1:2")
+    options = options_from_args(build_parser().parse_args([]))
+    assert options.interval == 30.0
+    assert options.listen_addresses == ("127.0.0.1:1", "127.0.0.1:2")
+    # A flag beats the environment.
+    options = options_from_args(build_parser().parse_args(["--collector.interval", "1s"]))
+    assert options.interval == 1.0
+
+
+# --- the real command line, as a subprocess -----------------------------------------------------
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_cli_unknown_flag() -> None:
+    line = assert_one_line_error(run_cli("--no-such-flag"))
+    assert "--no-such-flag" in line
+
+
+def test_cli_bad_flag_value() -> None:
+    line = assert_one_line_error(run_cli("--collector.interval", "fast"))
+    assert "--collector.interval" in line and "'fast'" in line
+
+
+def test_cli_bad_log_level() -> None:
+    line = assert_one_line_error(run_cli("--log.level", "loud"))
+    assert "--log.level" in line
+
+
+def test_cli_bad_config_file_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("accounting:\n  target_utilization: 3\n")
+    line = assert_one_line_error(run_cli("--config.file", str(bad), "--check-config"))
+    assert str(bad) in line
+    assert "'accounting.target_utilization'" in line
+    assert "expected a number from 0.01 to 1" in line
+    assert "found 3" in line
+
+
+def test_cli_bad_config_file_refused_before_listening(tmp_path: Path) -> None:
+    # Without --check-config the daemon must still refuse before it binds anything.
+    bad = tmp_path / "bad.yml"
+    bad.write_text("pricing:\n  instance_types: {p4d.24xlarge: free}\n")
+    line = assert_one_line_error(run_cli("--config.file", str(bad), "--web.listen-address", "127.0.0.1:0"))
+    assert "'pricing.instance_types.p4d.24xlarge'" in line
+
+
+def test_cli_several_errors_are_listed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("accounting:\n  idle_threshold: 2\n  bogus: 1\n")
+    result = run_cli("--config.file", str(bad), "--check-config")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "'accounting.idle_threshold'" in result.stderr
+    assert "'accounting.bogus'" in result.stderr
+
+
+def test_cli_missing_and_malformed_config(tmp_path: Path) -> None:
+    line = assert_one_line_error(run_cli("--config.file", str(tmp_path / "nope.yml"), "--check-config"))
+    assert "file not found" in line
+    malformed = tmp_path / "malformed.yml"
+    malformed.write_text("accounting: {idle_threshold: 0.1\n")
+    line = assert_one_line_error(run_cli("--config.file", str(malformed), "--check-config"))
+    assert "not valid YAML" in line
+
+
+def test_cli_check_config_ok(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text("accounting:\n  idle_threshold: 0.05\npricing:\n  instance_types: {p4d.24xlarge: 20}\n")
+    result = run_cli("--config.file", str(good), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_check_config_with_demo_scenario() -> None:
+    result = run_cli("--demo", "a100-mig", "--check-config")
+    assert result.returncode == 0, result.stderr
+    line = assert_one_line_error(run_cli("--demo", "no-such-scenario", "--check-config"))
+    assert "no-such-scenario" in line and "p4d-idle-fleet" in line
+
+
+def test_cli_version() -> None:
+    from exporter import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"accel-cost-exporter {__version__}"
+
+
+def test_cli_demo_list() -> None:
+    result = run_cli("--demo", "list")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert names == builtin_scenarios()
+    assert {"p4d-idle-fleet", "a100-mig", "g6-inference"} <= set(names)
