@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO ?= p4d-idle-fleet
 LISTEN ?= :11094
 
-.PHONY: demo test lint docs bench gpu-check clean venv
+.PHONY: demo test lint docs bench reliability gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -25,8 +25,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter tests bench
-	$(VENV)/bin/ruff format --check exporter tests bench
+	$(VENV)/bin/ruff check exporter tests bench grafana deploy
+	$(VENV)/bin/ruff format --check exporter tests bench grafana deploy
 	$(VENV)/bin/mypy exporter
 
 ## Regenerate docs/metrics.md from the catalogue
@@ -37,6 +37,11 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_scrape.py
 	$(PY) bench/bench_accuracy.py
+
+## Long reliability runs; figures go to docs/reliability.md by hand: a simulated day, then 200 scrapers x 60 s
+reliability: $(STAMP)
+	$(PY) bench/soak.py
+	$(PY) bench/storm.py
 
 ## On a host with NVIDIA GPUs: run against the real NVML and prove busy time rises under load
 gpu-check:
