@@ -205,7 +205,7 @@ class Daemon:
         if settings.enabled is False or self.options.demo:
             return
         try:
-            from exporter.context.kubernetes import PodResourcesWatcher
+            from exporter.context.kubernetes import PodResourcesWatcher, pods_for_device
         except ImportError as exc:  # grpcio is an optional dependency
             if settings.enabled:
                 log.error(
@@ -220,6 +220,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(watcher.run(), name="kubernetes"))
         assert self.provider is not None
         self.provider.set_pod_lookup(lambda facts: watcher.assignments.for_cgroup(facts))
+        self.ledger.set_device_pods(lambda identity: pods_for_device(watcher.assignments, identity))
 
     def _record_context(self) -> None:
         assert self.provider is not None

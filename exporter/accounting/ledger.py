@@ -6,7 +6,7 @@ the end of it, so dollars always equal price x seconds exactly, whatever the pol
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter import __version__
@@ -15,10 +15,12 @@ from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, Proc
 from exporter.accounting.states import ACTIVE, IDLE_STATES, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
-from exporter.context.model import UNASSIGNED, HostContext, Owner
+from exporter.context.model import UNASSIGNED, Attributor, HostContext, Owner, PodFacts
 from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
 
 SECONDS_PER_HOUR = 3600.0
+# Pods a device is allocated to, from the kubelet's pod-resources API.
+DevicePods = Callable[[DeviceIdentity], Sequence[PodFacts]]
 
 
 @dataclass
@@ -64,6 +66,11 @@ class Ledger:
         self._prices: dict[str, float] = {}
         self._context: HostContext | None = None
         self._version = 0
+        self._device_pods: DevicePods | None = None
+
+    def set_device_pods(self, lookup: DevicePods | None) -> None:
+        """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
+        self._device_pods = lookup
 
     def update_settings(self, settings: AccountingSettings) -> None:
         """Apply a reloaded configuration; counters are kept."""
@@ -198,8 +205,11 @@ class Ledger:
             memory = proc.used_memory_bytes or 0
             if best is None or memory > best[0]:
                 best = (memory, owner)
+        pod_owner = self._pod_owner(reading, attributor) if best is None else None
         if best is not None:
             device_owner = Owner(best[1].team, best[1].workload)
+        elif pod_owner is not None:
+            device_owner = pod_owner
         else:
             device_owner = Owner(
                 self._cap.admit("team", host.team or UNASSIGNED), self._cap.admit("workload", host.workload)
@@ -207,6 +217,20 @@ class Ledger:
         processes.sort(key=lambda p: (-(p.memory_bytes or 0), p.pid))
         limit = self._settings.max_processes_per_device if self._settings.export_processes else 0
         return tuple(processes[:limit]), device_owner
+
+    def _pod_owner(self, reading: DeviceReading, attributor: Attributor) -> Owner | None:
+        """A device no process holds may still be allocated to a pod (requested, then left idle)."""
+        if self._device_pods is None:
+            return None
+        try:
+            pods = self._device_pods(reading.identity)
+        except Exception:  # a lookup problem must not stop accounting
+            return None
+        for pod in pods:
+            owner = attributor.pod_owner(pod)
+            if owner.team:
+                return Owner(self._cap.admit("team", owner.team), self._cap.admit("workload", owner.workload))
+        return None
 
     # --- output -------------------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:

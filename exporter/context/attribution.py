@@ -20,29 +20,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
-from typing import Protocol
 
 from exporter.config.model import AttributionRule, AttributionSettings
 from exporter.context.cgroup import CgroupFacts, parse_cgroup
 from exporter.context.labels import sanitize_label
-from exporter.context.model import UNASSIGNED, HostIdentity, Owner
+from exporter.context.model import UNASSIGNED, HostIdentity, Owner, PodFacts
 from exporter.readings import ProcessReading
 
 TAG_PREFIX = "tag:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+(?::[^{}]+)?)\}")
-
-
-class PodFacts(Protocol):
-    """What a pod lookup returns (exporter.context.kubernetes.PodRef has these fields)."""
-
-    @property
-    def namespace(self) -> str: ...
-
-    @property
-    def pod(self) -> str: ...
-
-    @property
-    def container(self) -> str: ...
 
 
 # Maps a process's cgroup facts to its pod; None when the pod is unknown. The daemon wires
@@ -152,6 +138,29 @@ class RuleAttributor:
                     container=base.container,
                     unit=base.unit,
                 )
+        return base
+
+    def pod_owner(self, pod: PodFacts) -> Owner:
+        """The owner of a pod that holds a device with no process on it (e.g. a GPU requested and idle).
+
+        Rules see `namespace`, `pod` and `container_name` (and the instance tags); team is '' when
+        no rule matched.
+        """
+        facts = dict(self._tag_facts)
+        facts.update({"namespace": pod.namespace, "pod": pod.pod, "container_name": pod.container})
+        base = Owner(
+            pod=self._label(pod.pod),
+            namespace=self._label(pod.namespace),
+            container=self._label(pod.container),
+            team="",
+        )
+        for rule in self._process_rules:
+            if _matches(rule, facts):
+                team = self._label(_render(rule.team, facts))
+                if team:
+                    return Owner(
+                        team, self._label(_render(rule.workload, facts)), base.pod, base.namespace, base.container
+                    )
         return base
 
     def host_owner(self, identity: HostIdentity) -> Owner:

@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from exporter.context.cgroup import CgroupFacts
+from exporter.readings import DeviceIdentity
 
 if TYPE_CHECKING:
     from exporter.context.podresources import api_pb2
@@ -298,3 +299,17 @@ def _describe(exc: Exception) -> str:
     if callable(details) and callable(code):
         return f"{code()}: {details()}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def pods_for_device(assignments: PodAssignments, identity: DeviceIdentity) -> tuple[PodRef, ...]:
+    """The pods a device is allocated to: GPUs and MIG instances by UUID, NeuronCores by core or device."""
+    if identity.kind in ("gpu", "mig"):
+        return assignments.for_gpu(identity.uuid)
+    if identity.kind == "neuroncore" and identity.device.startswith("neuroncore"):
+        core = identity.device[len("neuroncore") :]
+        direct = assignments.for_neuroncore(int(core)) if core.isdigit() else ()
+        device = identity.parent[len("neuron") :] if identity.parent.startswith("neuron") else ""
+        if direct or not device.isdigit():
+            return direct
+        return assignments.by_device_id.get(neuron_device_key(int(device)), ())
+    return ()

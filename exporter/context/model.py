@@ -68,11 +68,28 @@ class Owner:
     unit: str = ""
 
 
+class PodFacts(Protocol):
+    """A pod holding a device (exporter.context.kubernetes.PodRef has these fields)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def pod(self) -> str: ...
+
+    @property
+    def container(self) -> str: ...
+
+
 class Attributor(Protocol):
     """Maps owner facts (process, instance tags) to a team and workload."""
 
     def process_owner(self, process: ProcessReading) -> Owner:
         """The owner of one process; team is '' when no rule matched."""
+        ...
+
+    def pod_owner(self, pod: PodFacts) -> Owner:
+        """The owner of a pod holding a device with no process on it; team '' when no rule matched."""
         ...
 
     def host_owner(self, identity: HostIdentity) -> Owner:
