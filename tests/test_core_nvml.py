@@ -472,3 +472,15 @@ def test_fault_yaml_round_trip(tmp_path: Path) -> None:
     assert (lost.type, lost.at, lost.until) == ("lost", 60.0, 120.0)
     (err,) = scenario.nvml_faults
     assert (err.call, err.every, err.error) == ("nvmlDeviceGetPowerUsage", 3, "NoData")
+
+
+async def test_first_samples_after_an_empty_poll_cover_the_whole_interval(sim: Callable[..., SimHost]) -> None:
+    # At t=0 the driver has no sample yet; the next poll must account the whole 5 s, not one sample.
+    host = sim("p4d-idle-fleet")
+    await host.source.start()
+    first = {r.identity.device: r for r in (await host.source.poll()).devices}
+    assert first["nvidia3"].covered_seconds == 0.0
+    second = {r.identity.device: r for r in (await host.step()).devices}
+    assert abs(second["nvidia3"].covered_seconds - INTERVAL) < 0.2
+    assert abs(second["nvidia3"].busy_seconds - 0.55 * INTERVAL) < 0.1  # constant 55 %
+    assert abs(second["nvidia4"].utilization - 0.10) < 0.02  # 100 ms busy every second, not one idle sample

@@ -420,19 +420,24 @@ class NvmlSource:
                 errors[_reason(exc)] += 1
                 return 0.0, 0.0, dev.last_utilization  # samples stay in the buffer for the next poll
             else:
-                return self._integrate(dev, value_type, samples, errors)
+                return self._integrate(
+                    dev, value_type, samples, errors, None if dev.last_poll is None else now - dev.last_poll
+                )
         return self._point(dev, errors, now)
 
     def _integrate(
-        self, dev: _Device, value_type: int, samples: list[Any], errors: Counter[str]
+        self, dev: _Device, value_type: int, samples: list[Any], errors: Counter[str], since_last_poll: float | None
     ) -> tuple[float | None, float, float | None]:
         attr = _VALUE_FIELDS.get(int(value_type), "uiVal")
         points = sorted((int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples)
         if dev.last_seen_us is None:
-            # First contact: skip the buffer's history, start integrating from the newest sample.
-            dev.last_seen_us = points[-1][0]
-            dev.last_utilization = min(1.0, points[-1][1] / 100.0)
-            return 0.0, 0.0, dev.last_utilization
+            if since_last_poll is None:
+                # The very first poll: nothing to account yet; start from the newest sample.
+                dev.last_seen_us = points[-1][0]
+                return 0.0, 0.0, None
+            # First samples after a poll that had none (driver just started, GPU back from a loss):
+            # take the buffer back to the previous poll, measured on the driver's own clock.
+            dev.last_seen_us = points[-1][0] - int(since_last_poll * 1_000_000)
         gaps = [b[0] - a[0] for a, b in pairwise(points) if b[0] > a[0]]
         if gaps:
             period = min(gaps)
