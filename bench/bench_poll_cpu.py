@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,22 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BENCH_CONFIG = "pricing:\n  instance_types:\n    bench.64gpu: 262.4\n"
+from bench._common import FLEET_64_CONFIG, cpu_seconds, start_demo_exporter  # noqa: E402
+
 SCRAPE_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "Accept-Encoding": "gzip",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -75,31 +64,18 @@ def window(pid: int, port: int, seconds: float, scrape_every: float | None) -> f
 
 
 def process_bench(args: argparse.Namespace) -> list[str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "exporter", "--demo", args.scenario, "--collector.interval", f"{args.interval}s"]
-    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
     config: Path | None = None
+    extra: list[str] = []
     if Path(args.scenario).name == "fleet-64.yaml":
         # The synthetic 64-GPU host has no list price: give it one so money series are rendered too.
         config = Path(tempfile.mkdtemp()) / "bench.yml"
-        config.write_text(BENCH_CONFIG)
-        argv += ["--config.file", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+        config.write_text(FLEET_64_CONFIG)
+        extra = ["--config.file", str(config)]
+    proc: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     rows = []
     try:
-        deadline = started + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("exporter did not become ready") from None
-                time.sleep(0.1)
+        proc, port = start_demo_exporter(args.scenario, f"{args.interval}s", extra)
         startup_cpu = cpu_seconds(proc.pid)
         time.sleep(5.0)  # let imports, first contact and caches settle
         polls = args.seconds / args.interval
@@ -128,8 +104,9 @@ def process_bench(args: argparse.Namespace) -> list[str]:
         rows.append("")
         rows += ["| uptime | VmRSS | of which anonymous | peak (VmHWM) |", "| --- | ---: | ---: | ---: |", *rss_rows]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
         if config is not None:
             shutil.rmtree(config.parent, ignore_errors=True)
     return rows

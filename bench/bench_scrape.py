@@ -23,36 +23,19 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-FLEET_64 = ROOT / "bench" / "scenarios" / "fleet-64.yaml"
-PROMETHEUS_HEADERS = (
-    "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"
-    "Accept-Encoding: gzip\r\n"
-    "X-Prometheus-Scrape-Timeout-Seconds: 10\r\n"
-)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `python bench/bench_scrape.py` from a checkout, for bench._common
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench._common import FLEET_64, FLEET_64_CONFIG, PROMETHEUS_HEADERS, cpu_seconds, start_demo_exporter  # noqa: E402
 
 
 @dataclass
@@ -69,25 +52,11 @@ class Exporter:
 
 
 def start(scenario: str, interval: str, config: Path | None) -> Exporter:
-    port = free_port()
-    argv = [sys.executable, "-m", "exporter", "--demo", scenario, "--collector.interval", interval]
-    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
+    extra: list[str] = []
     if config is not None and Path(scenario).name == "fleet-64.yaml":
         # The synthetic 64-GPU host has no list price; built-in scenarios keep the demo config.
-        argv += ["--config.file", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
-                if r.status == 200:
-                    return Exporter(proc, port)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"exporter for {scenario} did not become ready")
+        extra = ["--config.file", str(config)]
+    return Exporter(*start_demo_exporter(scenario, interval, extra))
 
 
 class Connection:
@@ -242,7 +211,7 @@ def main() -> None:
     scenarios = args.scenario or ["p4d-idle-fleet", str(FLEET_64)]
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yml"
-        config.write_text("pricing:\n  instance_types:\n    bench.64gpu: 262.4\n")
+        config.write_text(FLEET_64_CONFIG)
         rows = [
             "| run | requests | p50 ms | p99 ms | max ms | mean ms | notes |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |",

@@ -18,27 +18,19 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLEET_64 = ROOT / "bench" / "scenarios" / "fleet-64.yaml"
-# fleet-64's made-up instance type gets a price, so the cost series are part of every scrape.
-FLEET_64_CONFIG = "pricing:\n  instance_types: {bench.64gpu: 262.0}\n"
-PROMETHEUS_HEADERS = (
-    "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"
-    "Accept-Encoding: gzip\r\n"
-    "X-Prometheus-Scrape-Timeout-Seconds: 10\r\n"
-)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `python bench/storm.py` from a checkout, for bench._common
+
+from bench._common import FLEET_64, FLEET_64_CONFIG, PROMETHEUS_HEADERS, cpu_seconds, start_demo_exporter  # noqa: E402
+
 WATCHED = 'accel_exporter_last_sample_timestamp_seconds{collector="nvml"}'
 
 
@@ -147,12 +139,6 @@ async def _watcher(host: str, port: int, path: str, until: float, interval: floa
         writer.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def storm(
     port: int,
     *,
@@ -175,32 +161,6 @@ async def storm(
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_exporter(scenario: Path, interval: str, config: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`python -m exporter --demo <scenario>` on a free loopback port, once it is ready."""
-    port = _free_port()
-    argv = [sys.executable, "-m", "exporter", "--demo", str(scenario), "--collector.interval", interval]
-    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn", "--config.file", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
-                if response.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the exporter did not become ready in 30 s")
-
-
 def main() -> int:
     """Start the exporter on fleet-64, run the storm, print the figures; exit 1 on any error or starved poll."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -212,7 +172,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(FLEET_64_CONFIG)
-        proc, port = start_exporter(args.scenario, f"{args.interval}s", config)
+        proc, port = start_demo_exporter(args.scenario, f"{args.interval}s", ["--config.file", str(config)])
         try:
             result = asyncio.run(
                 storm(port, scrapers=args.scrapers, seconds=args.seconds, interval=args.interval, pid=proc.pid)

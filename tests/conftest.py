@@ -1,4 +1,4 @@
-"""Shared, generic fixtures: a free loopback port and the exporter as a real subprocess."""
+"""Shared, generic fixtures: a free loopback port, fake AWS credentials and the exporter as a real subprocess."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def pick_free_port() -> int:
 def free_port() -> int:
     """A free loopback port."""
     return pick_free_port()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials for boto3 (signed requests to the loopback fakes only); no profile files, no real IMDS."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_RETRY_MODE",
+        "AWS_MAX_ATTEMPTS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake/secret/key/for/loopback/tests/only")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @dataclass

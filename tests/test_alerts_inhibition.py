@@ -11,7 +11,6 @@ import datetime as dt
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import pick_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AM_CONFIG = ROOT / "alerts" / "alertmanager.example.yml"
@@ -39,12 +39,6 @@ class _Sink(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _request(url: str, body: Any = None) -> Any:
@@ -66,7 +60,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if "webhook_configs" in receiver:
             receiver["webhook_configs"] = [{"url": f"http://127.0.0.1:{sink.server_address[1]}/"}]
     (tmp / "am.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = pick_free_port()
     log = (tmp / "am.log").open("wb")
     proc = subprocess.Popen(
         [

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakes.aws_api import AwsApiFake, make_product, spot_entry
+from fakes.aws_api import REAL_FILTERS, AwsApiFake, make_product, spot_entry
 from fakes.server import ThreadedServer, serve
 
 from exporter.clock import ManualClock
@@ -30,25 +30,6 @@ P4D = HostIdentity(
 )
 # 2026-07-20T12:00:00Z, so spot StartTime and cache ages are deterministic.
 EPOCH = 1784548800.0
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """Fake credentials from the environment; no profile files, no real IMDS credential lookups."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_DEFAULT_REGION",
-        "AWS_REGION",
-        "AWS_RETRY_MODE",
-        "AWS_MAX_ATTEMPTS",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake/secret/key/for/loopback/tests/only")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture
@@ -84,16 +65,7 @@ def test_one_match_among_decoys_gives_the_linux_on_demand_price(server: Threaded
     assert quote.as_of == "2026-07-20"
     assert dict(errors.snapshot()) == {}
     sent = {f["Field"]: f["Value"] for f in fake.last_filters}
-    assert sent == {
-        "instanceType": "p4d.24xlarge",
-        "regionCode": "us-east-1",
-        "operatingSystem": "Linux",
-        "tenancy": "Shared",
-        "preInstalledSw": "NA",
-        "capacitystatus": "Used",
-        "marketoption": "OnDemand",
-        "operation": "RunInstances",
-    }
+    assert sent == REAL_FILTERS
     assert fake.scopes == [("us-east-1", "pricing")]
 
 
@@ -105,16 +77,7 @@ def test_every_filter_is_needed_against_the_decoys(missing: str) -> None:
     """
     from fakes.aws_api import _matches, p4d_catalogue
 
-    full = [
-        {"Field": "instanceType", "Value": "p4d.24xlarge"},
-        {"Field": "regionCode", "Value": "us-east-1"},
-        {"Field": "operatingSystem", "Value": "Linux"},
-        {"Field": "tenancy", "Value": "Shared"},
-        {"Field": "preInstalledSw", "Value": "NA"},
-        {"Field": "capacitystatus", "Value": "Used"},
-        {"Field": "marketoption", "Value": "OnDemand"},
-        {"Field": "operation", "Value": "RunInstances"},
-    ]
+    full = [{"Field": field, "Value": value} for field, value in REAL_FILTERS.items()]
     catalogue = p4d_catalogue()
     assert sum(_matches(p, full) for p in catalogue) == 1
     partial = [f for f in full if f["Field"] != missing]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -282,15 +283,25 @@ async def test_landing_page_probes_and_404(http: Callable[..., Any]) -> None:
 # --- the daemon's poll path, in process ----------------------------------------------------------
 
 
-async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
-    clock = ManualClock()
-    daemon = Daemon(Options(demo="g6-inference", interval=5.0), Config(), clock)
+@asynccontextmanager
+async def demo_daemon(demo: str, clock: ManualClock) -> AsyncIterator[Daemon]:
+    """A Daemon on the `demo` scenario with its sources built and its context started; its sources stop after."""
+    daemon = Daemon(Options(demo=demo, interval=5.0), Config(), clock)
     daemon._build_sources()
     daemon.provider = ContextProvider(Config(), clock, daemon._demo_host())
     await daemon.provider.start()
-    for source in daemon.sources:
-        await source.start()
     try:
+        yield daemon
+    finally:
+        for source in daemon.sources:
+            await source.stop()
+
+
+async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
+    clock = ManualClock()
+    async with demo_daemon("g6-inference", clock) as daemon:
+        for source in daemon.sources:
+            await source.start()
 
         async def scrape(dt: float) -> str:
             clock.advance(dt)
@@ -307,9 +318,6 @@ async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
         assert 'pid="4001"' in body
         assert 'accel_instance_info{instance_id="i-0a1b2c3d4e5f60718",instance_type="g6.12xlarge"' in body
         assert 'accel_exporter_collector_success{collector="nvml"} 1.0' in body
-    finally:
-        for source in daemon.sources:
-            await source.stop()
 
 
 async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,17 +330,10 @@ async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(render, "generate_latest", recording)
     clock = ManualClock()
-    daemon = Daemon(Options(demo="p4d-idle-fleet", interval=5.0), Config(), clock)
-    daemon._build_sources()
-    daemon.provider = ContextProvider(Config(), clock, daemon._demo_host())
-    await daemon.provider.start()
-    try:
+    async with demo_daemon("p4d-idle-fleet", clock) as daemon:
         for _ in range(3):
             clock.advance(5.0)
             await daemon.poll_once()
-    finally:
-        for source in daemon.sources:
-            await source.stop()
     assert len(threads) == 3
     assert threading.current_thread().name not in threads
 
@@ -341,11 +342,7 @@ async def test_daemon_reports_a_missing_nvml_without_failing(tmp_path: Any) -> N
     scenario = tmp_path / "no-nvml.yaml"
     scenario.write_text("name: no-nvml\ngpus: [{index: 0}]\nnvml: {missing: true}\n")
     clock = ManualClock()
-    daemon = Daemon(Options(demo=str(scenario), interval=5.0), Config(), clock)
-    daemon._build_sources()
-    daemon.provider = ContextProvider(Config(), clock, daemon._demo_host())
-    await daemon.provider.start()
-    try:
+    async with demo_daemon(str(scenario), clock) as daemon:
         for _ in range(3):
             clock.advance(5.0)
             await daemon.poll_once()
@@ -357,6 +354,3 @@ async def test_daemon_reports_a_missing_nvml_without_failing(tmp_path: Any) -> N
         assert "accel_device_info" not in body.replace("# HELP accel_device_info", "").replace(
             "# TYPE accel_device_info", ""
         )
-    finally:
-        for source in daemon.sources:
-            await source.stop()

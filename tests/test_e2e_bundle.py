@@ -25,7 +25,6 @@ import math
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from conftest import pick_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "accel-cost.rules.yml"
@@ -119,12 +119,6 @@ def derive_alertmanager_config(example: dict[str, Any], webhook_url: str) -> dic
 
     fast(route.get("routes", []))
     return config
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -259,7 +253,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         exporters: dict[str, tuple[str, Proc]] = {}
         env_python = str(PYTHON if PYTHON.exists() else sys.executable)
         for scenario in scenarios:
-            address = f"127.0.0.1:{free_port()}"
+            address = f"127.0.0.1:{pick_free_port()}"
             args = [
                 env_python,
                 "-m",
@@ -277,7 +271,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         webhook = Webhook()
         server, hook_url = webhook.serve()
-        am_port = free_port()
+        am_port = pick_free_port()
         am_cfg = tmp / "alertmanager.yml"
         am_cfg.write_text(yaml.safe_dump(derive_alertmanager_config(yaml.safe_load(AM_CONFIG.read_text()), hook_url)))
         (tmp / "am-data").mkdir()
@@ -299,7 +293,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         derived.write_text(
             yaml.safe_dump(derive_fast_alert_rules(yaml.safe_load(ALERT_RULES.read_text())), sort_keys=False)
         )
-        prom_port = free_port()
+        prom_port = pick_free_port()
         prom_cfg = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES), str(ALERT_RULES), str(derived)],

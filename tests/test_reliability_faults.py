@@ -393,15 +393,8 @@ def full_state_directory(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials for boto3 (signed requests to the loopback fakes only), no real AWS config."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_RETRY_MODE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake/secret/key/for/loopback/tests/only")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def fake_aws(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials for boto3 (conftest's aws_env), and no real-time waits between its retries."""
     # botocore's retry waits (up to 1 + 2 + 4 s with jitter) are real time: skip them, keep the retries.
     monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, context: 0.0)
     monkeypatch.setattr("botocore.retries.adaptive.ClientRateLimiter.on_sending_request", lambda self, **kw: None)

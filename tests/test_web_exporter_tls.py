@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -17,14 +15,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from conftest import ROOT, exporter_env, start_exporter
 
 
 def _get(port: int, context: ssl.SSLContext, path: str, auth: tuple[str, str] | None) -> tuple[int, bytes]:
@@ -53,26 +44,12 @@ def tls_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
         "basic_auth_users:\n"
         f"  prometheus: '{hashed}'\n"
     )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--demo",
-            "p4d-idle-fleet",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--collector.interval",
-            "1s",
-            "--web.config.file",
-            str(tmp / "web.yml"),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    exporter = start_exporter(
+        ["--demo", "p4d-idle-fleet", "--collector.interval", "1s", "--web.config.file", str(tmp / "web.yml")],
+        tmp / "exporter.log",
+        wait=False,  # conftest's readiness probe speaks plain HTTP; this one needs TLS and a password
     )
+    port = exporter.port
     client = ssl.create_default_context()
     ca.configure_trust(client)
     deadline = time.monotonic() + 20
@@ -83,11 +60,10 @@ def tls_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
         except OSError:
             time.sleep(0.1)
     else:
-        proc.kill()
-        pytest.fail("the TLS exporter did not become ready")
+        exporter.stop()
+        pytest.fail(f"the TLS exporter did not become ready:\n{exporter.log()}")
     yield port, client
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    assert exporter.stop(timeout=10) == 0
 
 
 def test_right_password_gets_metrics_over_tls(tls_exporter: tuple[int, ssl.SSLContext]) -> None:
@@ -129,7 +105,7 @@ def test_a_bad_web_config_is_refused_at_start_with_one_message(tmp_path: Path, t
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--web.config.file", str(bad), "--check-config"],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=exporter_env(),
         capture_output=True,
         text=True,
         timeout=30,

@@ -3,63 +3,22 @@
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import start_exporter
 
-ROOT = Path(__file__).resolve().parent.parent
 BUDGET_SECONDS = 0.100
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def exporter_port() -> Iterator[int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--demo",
-            "p4d-idle-fleet",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--collector.interval",
-            "1s",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/-/ready")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("exporter did not become ready")
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
+def exporter_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    log_path = tmp_path_factory.mktemp("hostile") / "exporter.log"
+    exporter = start_exporter(["--demo", "p4d-idle-fleet", "--collector.interval", "1s"], log_path)
+    yield exporter.port
+    exporter.stop(timeout=10)
 
 
 def _timed_scrape(port: int) -> tuple[int, float, bytes]:

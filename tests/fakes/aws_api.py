@@ -31,17 +31,22 @@ from aiohttp import web
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
 
-REAL_ATTRIBUTES = {
-    "servicecode": "AmazonEC2",
+# The TERM_MATCH filters (field -> value) that single out the real p4d.24xlarge Linux on-demand SKU
+# among the decoys of p4d_catalogue(): what a correct client sends.
+REAL_FILTERS = {
     "instanceType": "p4d.24xlarge",
     "regionCode": "us-east-1",
-    "location": "US East (N. Virginia)",
     "operatingSystem": "Linux",
     "tenancy": "Shared",
     "preInstalledSw": "NA",
     "capacitystatus": "Used",
     "marketoption": "OnDemand",
     "operation": "RunInstances",
+}
+REAL_ATTRIBUTES = {
+    "servicecode": "AmazonEC2",
+    **REAL_FILTERS,
+    "location": "US East (N. Virginia)",
     "licenseModel": "No License required",
     "usagetype": "BoxUsage:p4d.24xlarge",
     "vcpu": "96",

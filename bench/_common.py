@@ -1,0 +1,68 @@
+"""What the benchmark scripts share: a loopback port, a process's CPU time, Prometheus' scrape headers,
+the synthetic 64-GPU scenario, and the exporter from this checkout as a child process.
+
+Scripts import it as `bench._common`, with the checkout on sys.path (as they have it for `exporter`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEET_64 = ROOT / "bench" / "scenarios" / "fleet-64.yaml"
+# fleet-64's made-up instance type gets a price, so the cost series are part of every scrape.
+FLEET_64_CONFIG = "pricing:\n  instance_types:\n    bench.64gpu: 262.4\n"
+# The header lines Prometheus sends with a scrape (OpenMetrics preferred, gzip), for raw HTTP/1.1 requests.
+PROMETHEUS_HEADERS = (
+    "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"
+    "Accept-Encoding: gzip\r\n"
+    "X-Prometheus-Scrape-Timeout-Seconds: 10\r\n"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_demo_exporter(
+    scenario: str | Path, interval: str, extra_args: Sequence[str] = (), ready_within: float = 30.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`python -m exporter --demo <scenario>` on a free loopback port, returned once /-/ready answers 200.
+
+    No ACCEL_* setting leaks in from the caller's environment. Exits with a message (after killing
+    the process) if it is not ready within `ready_within` seconds.
+    """
+    port = free_port()
+    argv = [sys.executable, "-m", "exporter", "--demo", str(scenario), "--collector.interval", interval]
+    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn", *extra_args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+    deadline = time.monotonic() + ready_within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise SystemExit(f"the exporter for {scenario} did not become ready in {ready_within:g} s")
