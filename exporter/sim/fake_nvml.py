@@ -51,6 +51,7 @@ def error_code(name: str) -> int:
 class _Handle:
     gpu: int
     mig: MigInstance | None = None
+    generation: int = 0  # driver loads seen when the handle was made; a reload invalidates it
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,18 @@ class FakeNvml:
         if self._initialised <= 0:
             raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         gpu = self._gpus[handle.gpu]
+        if handle.generation < self._generation():
+            # The driver was reloaded: handles from before answer like a GPU that fell off the bus.
+            raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         self._check(call, gpu)
         return gpu
+
+    def _reloads(self) -> list[float]:
+        t = self.now()
+        return [f.at for f in self.scenario.nvml_faults if f.type == "reload" and f.at <= t]
+
+    def _generation(self) -> int:
+        return len(self._reloads())
 
     # --- lifecycle ----------------------------------------------------------------------------
     def nvmlInit(self) -> None:
@@ -143,7 +154,7 @@ class FakeNvml:
             raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         if not 0 <= index < len(self._ordered):
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        handle = _Handle(self._ordered[index])
+        handle = _Handle(self._ordered[index], generation=self._generation())
         self._gpu(handle, "nvmlDeviceGetHandleByIndex")
         return handle
 
@@ -178,7 +189,7 @@ class FakeNvml:
         gpu = self._gpu(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
         if index >= len(gpu.mig):
             raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-        return _Handle(gpu.index, gpu.mig[index])
+        return _Handle(gpu.index, gpu.mig[index], handle.generation)
 
     def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:
         self._gpu(handle, "nvmlDeviceGetGpuInstanceId")
@@ -261,7 +272,9 @@ class FakeNvml:
         if handle.mig is not None:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         t = self.now()
-        joules = gpu.power_idle_watts * t + (gpu.power_max_watts - gpu.power_idle_watts) * gpu.utilization.busy(0.0, t)
+        loaded = max(self._reloads(), default=0.0)  # the driver's counter starts again at each load
+        idle, span = gpu.power_idle_watts, gpu.power_max_watts - gpu.power_idle_watts
+        joules = idle * (t - loaded) + span * gpu.utilization.busy(loaded, t)
         return int(joules * 1000)
 
     # --- processes ----------------------------------------------------------------------------

@@ -32,12 +32,12 @@ _UNITS = {
     "GB": 10**9,
     "TB": 10**12,
 }
-FAULT_TYPES = ("lost", "error", "unsupported", "init_error", "xid")
+FAULT_TYPES = ("lost", "error", "unsupported", "init_error", "xid", "reload")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """A hardware or driver fault: `lost` between at and until, or `error`/`unsupported` on a call."""
+    """A hardware or driver fault: `lost` between at and until, `error`/`unsupported` on a call, `xid`, or a driver `reload` at `at`."""
 
     type: str
     call: str = "*"

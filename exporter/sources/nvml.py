@@ -27,6 +27,7 @@ NO_ID = 0xFFFFFFFF
 MIG_SLICES_DEFAULT = 7  # A100, H100, H200, B200 have 7 compute slices
 MIG_SLICES_BY_MODEL = {"A30": 4}
 MAX_EVENTS_PER_POLL = 256
+REINIT_AFTER_POLLS = 3  # every GPU lost this many polls in a row: re-initialise NVML
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
@@ -95,6 +96,8 @@ class NvmlSource:
         self._init_problem = ""
         self._known: tuple[DeviceIdentity, ...] = ()
         self._driver = ""
+        self._all_lost_polls = 0
+        self._reinit_delay = retry_initial
 
     async def start(self) -> None:
         """Initialise NVML on the worker thread; failure is logged and retried by `poll`."""
@@ -317,7 +320,9 @@ class NvmlSource:
                     )
                     dev.lost = True
                 dev.last_seen_us = None  # history after a loss is not trustworthy
+                dev.last_poll = self._clock.monotonic()  # this interval is accounted as down
                 readings_list.append(DeviceReading(identity=dev.identity, up=False))
+        self._reinit_if_all_lost(readings_list)
         counters = self._drain_events(errors)
         readings = tuple(readings_list)
         if counters:
@@ -326,6 +331,28 @@ class NvmlSource:
         return SourceReport(
             self.name, readings, success, self._clock.monotonic() - started, self._clock.time(), tuple(errors.items())
         )
+
+    def _reinit_if_all_lost(self, readings: list[DeviceReading]) -> None:
+        """Every GPU lost for several polls looks like a driver reload or reset: start NVML afresh.
+
+        Handles from before a reload never answer again, so the session is shut down and the
+        next poll initialises and enumerates anew (with growing delays if that does not help).
+        """
+        physical = [r for r in readings if r.identity.kind == "gpu"]
+        if not physical or any(r.up for r in physical):
+            self._all_lost_polls = 0
+            self._reinit_delay = self._retry_initial
+            return
+        self._all_lost_polls += 1
+        if self._all_lost_polls < REINIT_AFTER_POLLS:
+            return
+        log.warning(
+            "every GPU has been lost for %d polls: re-initialising NVML (driver reload or reset?)", self._all_lost_polls
+        )
+        self._shutdown()
+        self._all_lost_polls = 0
+        self._next_init = self._clock.monotonic() + self._reinit_delay
+        self._reinit_delay = min(self._retry_max, self._reinit_delay * 2)
 
     def _call(self, dev: _Device, name: str, errors: Counter[str], *args: Any, **kwargs: Any) -> Any:
         """One NVML call: None for unsupported fields, DeviceLost for a dead GPU, others counted."""
