@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -208,6 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
     try:
-        return asyncio.run(Daemon(options, config).run())
+        status = asyncio.run(Daemon(options, config).run())
     except KeyboardInterrupt:
-        return 0
+        status = 0
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        # A wedged driver call can hold a worker thread forever; the interpreter would wait for it
+        # at exit and SIGTERM would never finish. Everything is flushed and closed already.
+        log.warning("exiting with blocked worker threads: %s", ", ".join(stuck))
+        logging.shutdown()
+        os._exit(status)
+    return status

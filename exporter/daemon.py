@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
+WEDGED_STOP_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -319,8 +320,13 @@ class Daemon:
 
     async def _shutdown_sources(self) -> None:
         for source in self.sources:
+            pending = self._pending.get(source.name)
+            # A source still inside a poll is wedged (e.g. a hung driver call): don't wait long for it.
+            timeout = SHUTDOWN_GRACE_SECONDS if pending is None or pending.done() else WEDGED_STOP_SECONDS
             try:
-                await asyncio.wait_for(source.stop(), SHUTDOWN_GRACE_SECONDS)
+                await asyncio.wait_for(source.stop(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("stopping %s: gave up after %.1fs", source.name, timeout)
             except Exception as exc:
                 log.warning("stopping %s: %s", source.name, exc)
 

@@ -8,6 +8,7 @@ utilization sample buffer from the scenario's exact busy integrals.
 
 from __future__ import annotations
 
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,10 @@ class FakeNvml:
                 raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
             if fault.type == "error" and count % fault.every == 0:
                 raise NVMLError(error_code(fault.error))
+            if fault.type == "hang":
+                # A wedged driver: the call blocks until the fault ends (forever without `until`).
+                while self._active(fault, self.now()):
+                    time.sleep(0.05)
 
     def _gpu(self, handle: _Handle, call: str) -> Gpu:
         if self._initialised <= 0:

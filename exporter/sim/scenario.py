@@ -32,7 +32,7 @@ _UNITS = {
     "GB": 10**9,
     "TB": 10**12,
 }
-FAULT_TYPES = ("lost", "error", "unsupported", "init_error", "xid", "reload")
+FAULT_TYPES = ("lost", "error", "unsupported", "init_error", "xid", "reload", "hang")
 
 
 @dataclass(frozen=True)
