@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from exporter import __version__
 from exporter.config import ConfigInvalid, load_config, parse_duration
 from exporter.daemon import Daemon, Options
 from exporter.logs import LEVELS, setup_logging
+from exporter.web.webconfig import WebConfigInvalid, load_web_config
 
 DEFAULT_PORT = 11094
 # Team rules for the built-in scenarios, used by --demo when no --config.file is given.
@@ -159,7 +159,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         log_level=args.log_level,
         log_format=args.log_format,
         demo=args.demo,
-        collector_nvml=args.nvml is not False,
+        collector_nvml=args.nvml,
         collector_neuron=args.neuron,
         neuron_monitor_path=args.neuron_path,
         state_directory=args.state_dir,
@@ -168,8 +168,6 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def _check_web_config(path: str | None) -> None:
     if path:
-        from exporter.web.webconfig import load_web_config
-
         load_web_config(path)
 
 
@@ -197,14 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.sim.scenario import load_scenario
 
             load_scenario(options.demo)
-    except ConfigInvalid as exc:
+    except (ConfigInvalid, WebConfigInvalid) as exc:
         print(f"accel-cost-exporter: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the web-config loader's own error type, or anything unexpected
-        if type(exc).__name__ == "WebConfigInvalid":
-            print(f"accel-cost-exporter: {exc}", file=sys.stderr)
-            return 2
-        raise
     if args.check_config:
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
@@ -212,11 +205,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = asyncio.run(Daemon(options, config).run())
     except KeyboardInterrupt:
         status = 0
-    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if stuck:
-        # A wedged driver call can hold a worker thread forever; the interpreter would wait for it
-        # at exit and SIGTERM would never finish. Everything is flushed and closed already.
-        log.warning("exiting with blocked worker threads: %s", ", ".join(stuck))
-        logging.shutdown()
-        os._exit(status)
     return status

@@ -23,11 +23,13 @@ from exporter.readings import SourceReport
 from exporter.sources.base import Source
 from exporter.sources.procfs import ProcFs
 from exporter.web.server import build_app, parse_listen_address
+from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
 CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
+STALLED_POLLS = 3  # cycles a stuck source's devices keep their last reading before showing down
 WEDGED_STOP_SECONDS = 0.2
 
 
@@ -43,7 +45,7 @@ class Options:
     log_level: str = "info"
     log_format: str = "logfmt"
     demo: str | None = None
-    collector_nvml: bool = True
+    collector_nvml: bool | None = None  # None: on, but off on a Neuron host without an NVIDIA driver
     collector_neuron: bool | None = None  # None: on when neuron-monitor exists
     neuron_monitor_path: str | None = None
     state_directory: str | None = None
@@ -69,6 +71,11 @@ class Daemon:
         self._context_error_seen: dict[tuple[str, str], int] = {}
         self._pods: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self._stalled: dict[str, int] = {}
+        # Rendering has its own thread: bcrypt checks of a password flood must not queue it.
+        self._render_executor = SerialDaemonExecutor("render")
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
@@ -78,7 +85,7 @@ class Daemon:
         if options.demo:
             self._build_demo_sources(options.demo)
             return
-        if options.collector_nvml:
+        if options.collector_nvml is not False:
             self.sources.append(NvmlSource(load_pynvml, self.clock, ProcFs()))
         neuron_settings = config.neuron
         if options.neuron_monitor_path:
@@ -127,7 +134,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         self._build_sources()
         self.provider = self._new_provider(self.config)
         self._start_kubernetes()
@@ -141,12 +148,14 @@ class Daemon:
         await self._start_context()
         for source in self.sources:
             await source.start()
-        tasks = [
+        self._drop_nvml_without_driver()
+        self._tasks += [
             asyncio.create_task(self._poll_loop(), name="poll"),
             asyncio.create_task(self._context_loop(), name="context"),
         ]
         await self._stop.wait()
         log.info("shutting down")
+        tasks = [*self._tasks, *self._reloads]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -155,9 +164,33 @@ class Daemon:
         await self._shutdown()
         return 0
 
-    def request_stop(self) -> None:
-        """Ask the daemon to stop (what SIGTERM does)."""
-        self._stop.set()
+    def _drop_nvml_without_driver(self) -> None:
+        """On a Neuron host with no NVIDIA driver, an NVML collector left on would fail forever."""
+        from exporter.sources.nvml import NvmlSource
+
+        if self.options.collector_nvml is not None or not any(s.name == "neuron" for s in self.sources):
+            return
+        for source in list(self.sources):
+            if isinstance(source, NvmlSource) and source.no_driver:
+                log.info(
+                    "nvml collector off: no NVIDIA driver on this Neuron host (use --collector.nvml to force it on)"
+                )
+                self.sources.remove(source)
+                self._tasks.append(asyncio.create_task(source.stop(), name="nvml-stop"))
+
+    def _schedule_reload(self) -> None:
+        """SIGHUP: reloads run one at a time, in order; their tasks are kept so errors are seen."""
+        task = asyncio.create_task(self._reload_locked(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_locked(self) -> None:
+        async with self._reload_lock:
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("configuration reload failed; keeping the previous one")
+                self.ledger.count_error("config", "reload_failed")
 
     async def _serve(self) -> None:
         middlewares: list[Any] = []
@@ -267,25 +300,46 @@ class Daemon:
             self.ledger.ingest(report, context, now)
         # Render on a worker thread: with many devices it takes tens of ms that would stall scrapes.
         snapshot = self.ledger.snapshot(self.clock.monotonic())
-        await asyncio.get_running_loop().run_in_executor(None, self.cache.update, snapshot)
+        await asyncio.get_running_loop().run_in_executor(self._render_executor, self.cache.update, snapshot)
         self._ready = True
 
     async def _poll_source(self, source: Source) -> SourceReport:
-        """A source's poll, bounded by the interval; a hung poll is reported, not waited for."""
-        pending = self._pending.get(source.name)
-        if pending is None or pending.done():
-            pending = self._pending[source.name] = asyncio.create_task(source.poll())
+        """A source's poll, bounded by the interval; a slow poll is reported, not waited for.
+
+        A poll that finishes late is not lost: its report is taken on the next cycle. Until a
+        source has been stuck for STALLED_POLLS cycles its devices keep their last reading (a
+        slow poll is not a lost GPU); after that they show as down.
+        """
+        name = source.name
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = self._pending[name] = asyncio.create_task(source.poll())
         timeout = max(1.0, self.options.interval)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending), timeout)
+            report = await asyncio.wait_for(asyncio.shield(pending), timeout)
         except asyncio.TimeoutError:
-            log.warning("%s poll is taking longer than %.1fs; reporting it as failed", source.name, timeout)
-            return SourceReport(source.name, (), False, timeout, self.clock.time(), (("timeout", 1),), complete=False)
-        except Exception as exc:  # a source must not raise, but one bug must not stop the loop
-            log.exception("%s poll raised", source.name)
-            return SourceReport(
-                source.name, (), False, 0.0, self.clock.time(), ((type(exc).__name__, 1),), complete=False
+            stalled = self._stalled[name] = self._stalled.get(name, 0) + 1
+            log.warning(
+                "%s poll has taken longer than %.1fs (%d cycle(s)); reporting it as failed", name, timeout, stalled
             )
+            return SourceReport(
+                name,
+                (),
+                False,
+                timeout,
+                self.clock.time(),
+                (("timeout", 1),),
+                complete=False,
+                stalled=stalled < STALLED_POLLS,
+            )
+        except Exception as exc:  # a source must not raise, but one bug must not stop the loop
+            log.exception("%s poll raised", name)
+            del self._pending[name]
+            self._stalled.pop(name, None)
+            return SourceReport(name, (), False, 0.0, self.clock.time(), ((type(exc).__name__, 1),), complete=False)
+        del self._pending[name]
+        self._stalled.pop(name, None)
+        return report
 
     async def _context_loop(self) -> None:
         assert self.provider is not None

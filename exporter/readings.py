@@ -105,6 +105,8 @@ class SourceReport:
     timestamp: float
     errors: tuple[tuple[str, int], ...] = ()
     complete: bool = True
+    # The poll did not finish in time (yet): devices keep their last reading for now.
+    stalled: bool = False
     host_hints: HostHints | None = None
     message: str = ""
     extra_counters: tuple[CounterDelta, ...] = field(default=())

@@ -387,8 +387,9 @@ def round_trip(processes: list[tuple[str, str]]) -> None:
     assert len(info) == len(processes)
     for i, (user, command) in enumerate(processes):
         labels = info[str(1000 + i)]
-        assert labels["user"] == utf8(user)
-        assert labels["command"] == utf8(command[:128])
+        # Process text is untrusted: no control characters, bounded (64 / 128), then valid UTF-8.
+        assert labels["user"] == utf8(sanitize_label(user, 64))
+        assert labels["command"] == utf8(sanitize_label(command, 128))
         assert labels["team"] == (
             sanitize_label(user) or (processes[0][0] and sanitize_label(processes[0][0])) or "unassigned"
         )

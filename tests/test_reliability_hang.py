@@ -29,7 +29,7 @@ def test_hung_nvml_call_is_reported_and_sigterm_still_exits(tmp_path: Path) -> N
     scenario.write_text(SCENARIO)
     exporter = start_exporter(["--demo", str(scenario), "--collector.interval", "1s"], tmp_path / "exporter.log")
     try:
-        time.sleep(5)  # the hang starts at 2 s; a few polls time out after it
+        time.sleep(8)  # the hang starts at 2 s; after 3 stalled cycles the devices show down
         started = time.monotonic()
         text = exporter.metrics()
         assert time.monotonic() - started < 1.0  # scrapes are served from the cache, not blocked
@@ -43,6 +43,6 @@ def test_hung_nvml_call_is_reported_and_sigterm_still_exits(tmp_path: Path) -> N
         exporter.proc.wait(timeout=10)
         assert time.monotonic() - started < 3.0
         assert exporter.proc.returncode == 0
-        assert "blocked worker threads" in exporter.log()
+        assert "stopping nvml: gave up after 0.2s" in exporter.log()  # a source stuck in a poll is not waited for
     finally:
         exporter.stop()

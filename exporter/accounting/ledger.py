@@ -15,10 +15,13 @@ from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, Proc
 from exporter.accounting.states import ACTIVE, IDLE_STATES, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
+from exporter.context.labels import sanitize_label
 from exporter.context.model import UNASSIGNED, Attributor, HostContext, Owner, PodFacts
 from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
 
 SECONDS_PER_HOUR = 3600.0
+USER_LABEL_LENGTH = 64
+COMMAND_LABEL_LENGTH = 128
 # Pods a device is allocated to, from the kubelet's pod-resources API.
 DevicePods = Callable[[DeviceIdentity], Sequence[PodFacts]]
 
@@ -81,6 +84,8 @@ class Ledger:
         """Integrate one source's poll; `now` is the ledger clock's monotonic time of the poll."""
         self._context = context
         self._record(report.collector, report.success, report.duration_seconds, report.errors)
+        if report.stalled:
+            return  # the late report will cover this interval when it arrives
         if any(r.up for r in report.devices):
             self._collectors[report.collector].last_sample = report.timestamp
         seen = set()
@@ -159,7 +164,8 @@ class Ledger:
         if state in IDLE_STATES:
             idle_key = (book.owner.team, book.owner.workload, state)
             book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars
-        if reading.utilization is not None or not reading.up:
+        if reading.utilization is not None or state != ACTIVE:
+            # Unknown activity (MIG) on a device nobody holds, or a lost device, does no work.
             utilization = reading.utilization if reading.up and reading.utilization is not None else 0.0
             target = settings.target_utilization
             waste = dollars * max(0.0, target - utilization) / target
@@ -199,7 +205,13 @@ class Ledger:
             )
             processes.append(
                 ProcessSnapshot(
-                    proc.pid, proc.user, proc.command, owner, proc.used_memory_bytes, proc.start_time_seconds
+                    proc.pid,
+                    # Untrusted text from /proc or the runtime: no control characters, bounded.
+                    sanitize_label(proc.user, USER_LABEL_LENGTH),
+                    sanitize_label(proc.command, COMMAND_LABEL_LENGTH),
+                    owner,
+                    proc.used_memory_bytes,
+                    proc.start_time_seconds,
                 )
             )
             memory = proc.used_memory_bytes or 0

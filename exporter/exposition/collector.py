@@ -95,7 +95,7 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
             pid = str(p.pid)
             f.add(
                 "accel_process_info",
-                [dev, pid, p.user, p.command[:128], o.team, o.workload, o.pod, o.namespace, o.container, o.unit],
+                [dev, pid, p.user, p.command, o.team, o.workload, o.pod, o.namespace, o.container, o.unit],
                 1,
             )
             if p.memory_bytes is not None:

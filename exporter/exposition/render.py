@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -36,6 +37,16 @@ def _pack(body: bytes, content_type: str) -> Rendered:
     return Rendered(body, gzip.compress(body, compresslevel=6, mtime=0), content_type)
 
 
+class _Collected:
+    """Already collected families, shaped like a registry for the encoders."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
 class RenderCache:
     """Holds the latest snapshot's rendered bytes."""
 
@@ -52,8 +63,9 @@ class RenderCache:
     def update(self, snapshot: Snapshot) -> None:
         """Render both formats for a new snapshot; safe to call from one worker thread at a time."""
         self._collector.set(snapshot)
-        text = _pack(generate_latest(self._registry), TEXT_CONTENT_TYPE)
-        openmetrics = _pack(generate_openmetrics(self._registry), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
+        families = _Collected(list(self._registry.collect()))  # build the families once, encode twice
+        text = _pack(generate_latest(families), TEXT_CONTENT_TYPE)
+        openmetrics = _pack(generate_openmetrics(families), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
         # Readers on the event loop see either the old or the new rendering, never a half-built one.
         self._text, self._openmetrics = text, openmetrics
         self.version = snapshot.version
@@ -63,9 +75,5 @@ class RenderCache:
         return self._text
 
     def openmetrics(self) -> Rendered | None:
-        """OpenMetrics 1.0.0, rendered at most once per snapshot."""
-        if self._text is None:
-            return None
-        if self._openmetrics is None:
-            self._openmetrics = _pack(generate_openmetrics(self._registry), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
+        """OpenMetrics 1.0.0, or None before the first snapshot."""
         return self._openmetrics

@@ -12,7 +12,6 @@ import ctypes
 import logging
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from exporter.clock import Clock
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.sources.procfs import ProcessFactsReader
+from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ NO_ID = 0xFFFFFFFF
 MIG_SLICES_DEFAULT = 7  # A100, H100, H200, B200 have 7 compute slices
 MIG_SLICES_BY_MODEL = {"A30": 4}
 MAX_EVENTS_PER_POLL = 256
+NO_DRIVER_REASONS = frozenset({"LibraryNotFound", "DriverNotLoaded", "ImportError", "ModuleNotFoundError"})
 REINIT_AFTER_POLLS = 3  # every GPU lost this many polls in a row: re-initialise NVML
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
@@ -84,7 +85,7 @@ class NvmlSource:
         self._clock = clock
         self._proc = proc_reader
         self._nvml: Any = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._executor = SerialDaemonExecutor("nvml")
         self._devices: list[_Device] = []
         self._by_uuid: dict[str, _Device] = {}
         self._event_set: Any = None
@@ -96,12 +97,16 @@ class NvmlSource:
         self._init_problem = ""
         self._known: tuple[DeviceIdentity, ...] = ()
         self._driver = ""
+        # True while NVML cannot even load: no NVIDIA driver or binding on this host.
+        self.no_driver = False
+        # Errors of the first initialisation, reported with the first poll.
+        self._start_errors: Counter[str] = Counter()
         self._all_lost_polls = 0
         self._reinit_delay = retry_initial
 
     async def start(self) -> None:
         """Initialise NVML on the worker thread; failure is logged and retried by `poll`."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._try_init, Counter[str]())
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._try_init, self._start_errors)
 
     async def poll(self) -> SourceReport:
         """Read every device; never raises."""
@@ -111,7 +116,7 @@ class NvmlSource:
         """Shut NVML down and stop the worker thread."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._shutdown)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)
 
     # --- lifecycle (worker thread) ------------------------------------------------------------
     def _try_init(self, errors: Counter[str]) -> None:
@@ -124,6 +129,7 @@ class NvmlSource:
             self._nvml.nvmlInit()
         except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
             reason = _reason(exc)
+            self.no_driver = reason in NO_DRIVER_REASONS
             errors[reason] += 1
             problem = f"{reason}: {exc}"
             if problem != self._init_problem:
@@ -138,6 +144,7 @@ class NvmlSource:
             self._retry_delay = min(self._retry_max, self._retry_delay * 2)
             return
         self._initialised = True
+        self.no_driver = False
         self._retry_delay = self._retry_initial
         self._init_problem = ""
         try:
@@ -286,7 +293,8 @@ class NvmlSource:
     # --- polling (worker thread) ---------------------------------------------------------------
     def _poll_sync(self) -> SourceReport:
         started = self._clock.monotonic()
-        errors: Counter[str] = Counter()
+        errors: Counter[str] = self._start_errors
+        self._start_errors = Counter()
         self._try_init(errors)
         if not self._initialised:
             readings = tuple(DeviceReading(identity=i, up=False) for i in self._known)
@@ -383,13 +391,9 @@ class NvmlSource:
         utilization: float | None = None
         power = energy = None
         if not dev.is_mig and not dev.mig_enabled:
+            # A GPU in MIG mode reports no activity of its own; its instances have none through NVML.
             busy, covered, utilization = self._activity(dev, errors, now)
-            milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
-            power = milliwatts / 1000.0 if milliwatts is not None else None
-            millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
-            energy = millijoules / 1000.0 if millijoules is not None else None
-        elif dev.mig_enabled:
-            # The parent's own activity is not reported in MIG mode; power and energy are device-wide.
+        if not dev.is_mig:  # power and energy are device-wide: read on the physical GPU
             milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
             power = milliwatts / 1000.0 if milliwatts is not None else None
             millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
