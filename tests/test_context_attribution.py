@@ -13,8 +13,9 @@ from exporter.config import ConfigInvalid, parse_config
 from exporter.context.attribution import RuleAttributor
 from exporter.context.builtin_prices import builtin_table
 from exporter.context.cgroup import CgroupFacts
+from exporter.context.kubernetes import PodRef
 from exporter.context.labels import sanitize_label
-from exporter.context.model import UNASSIGNED, HostIdentity
+from exporter.context.model import UNASSIGNED, HostIdentity, Owner
 from exporter.readings import ProcessReading
 
 POD_UID = "3f2a1b4c-5d6e-4f70-8192-a3b4c5d6e7f8"
@@ -139,6 +140,29 @@ def test_template_over_a_missing_fact_falls_through() -> None:
     assert RuleAttributor(config.attribution).process_owner(proc(user="x")).team == "fallback"
     tagged = RuleAttributor(config.attribution, (("Team", "search"),))
     assert tagged.process_owner(proc(user="x")).team == "search"
+
+
+def test_process_pod_and_host_owners_share_one_rule_walk() -> None:
+    # The same rules decide for a process, an idle pod and the host: first full match with a
+    # non-empty rendered team wins, its workload and the facts' labels are kept.
+    config = parse_config(
+        {
+            "attribution": {
+                "rules": [
+                    {"match": {"namespace": "ml"}, "team": "{tag:Team}", "workload": "skipped"},
+                    {"match": {"namespace": "ml"}, "team": "ml-{container_name}", "workload": "{pod}"},
+                    {"match": {"tag:Env": "prod"}, "team": "{tag:Owner}", "workload": "skipped"},
+                    {"match": {"tag:Env": "prod"}, "team": "prod-ops", "workload": "{tag:Env}"},
+                ]
+            }
+        }
+    )
+    a = RuleAttributor(config.attribution, (("Env", "prod"),), lambda facts: PodRef("ml", "bert-0", "worker"))
+    process = a.process_owner(proc(user="root", cgroup=K8S_CGROUP))
+    assert process == Owner("ml-worker", "bert-0", "bert-0", "ml", "worker", "")
+    assert a.pod_owner(PodRef("ml", "bert-0", "worker")) == Owner("ml-worker", "bert-0", "bert-0", "ml", "worker")
+    assert a.pod_owner(PodRef("other", "x", "c")) == Owner("", "", "x", "other", "c")
+    assert a.host_owner(HostIdentity(tags=(("Env", "prod"),))) == Owner("prod-ops", "prod")
 
 
 def test_bad_rules_are_refused_with_a_clear_message() -> None:

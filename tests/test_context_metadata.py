@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -16,8 +16,10 @@ from fakes.server import ThreadedServer, closed_port_url, serve, silent_listener
 from exporter.clock import ManualClock
 from exporter.config import HostSettings, parse_config
 from exporter.context.aws_imds import AwsImds
-from exporter.context.discovery import Discovered, region_from_zone
+from exporter.context.azure_imds import discover_azure
+from exporter.context.discovery import Discovered, NotThisCloud, region_from_zone
 from exporter.context.errors import ErrorCounts
+from exporter.context.gcp_metadata import discover_gcp
 from exporter.context.metadata import MetadataResolver, merge_identity
 from exporter.context.model import HostIdentity
 from exporter.context.provider import ContextProvider
@@ -94,6 +96,15 @@ def test_region_from_zone() -> None:
     assert region_from_zone("us-east-1a") == "us-east-1"
     assert region_from_zone("europe-west4-b") == "europe-west4"
     assert region_from_zone("") == ""
+    assert region_from_zone("us-gov-west-1b") == "us-gov-west-1"
+    assert region_from_zone("us-central1-a") == "us-central1"
+    # AWS Local and Wavelength Zones hang off their parent region with a dash.
+    assert region_from_zone("us-east-1-bos-1a") == "us-east-1"
+    assert region_from_zone("us-east-1-wl1-bos-wlz-1") == "us-east-1"
+    # Not zone names: no made-up region.
+    assert region_from_zone("use1-az1") == ""
+    assert region_from_zone("2") == ""
+    assert region_from_zone("us-east-1") == ""
 
 
 def test_token_is_reused_then_renewed_before_its_ttl(imds_server: ThreadedServer, imds: AwsImdsFake) -> None:
@@ -253,6 +264,42 @@ def test_an_answer_that_breaks_midway_is_counted(imds_server: ThreadedServer, im
 
 
 # --- precedence -------------------------------------------------------------------------------------
+
+
+class _Py310Timeout(Exception):
+    """Python 3.10's asyncio.TimeoutError: not a subclass of the builtin TimeoutError."""
+
+
+class _TimingOutSession:
+    """Stands in for an aiohttp session whose total timeout expires on every request."""
+
+    def get(self, *args: Any, **kwargs: Any) -> _TimingOutRequest:
+        return _TimingOutRequest()
+
+    put = get
+
+
+class _TimingOutRequest:
+    async def __aenter__(self) -> None:
+        raise asyncio.TimeoutError  # looked up when raised: the 3.10 class in the test below
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
+def test_timeouts_mean_not_this_cloud_also_on_python_310(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp raises asyncio.TimeoutError, which only 3.11 made the builtin TimeoutError; a client
+    # catching the builtin would let a 3.10 timeout escape as an "internal" error.
+    monkeypatch.setattr(asyncio, "TimeoutError", _Py310Timeout)
+    session = cast(aiohttp.ClientSession, _TimingOutSession())
+    probes: dict[str, Callable[[], Awaitable[Discovered]]] = {
+        "aws": lambda: AwsImds("http://127.0.0.1:9", ManualClock()).discover(session),
+        "gcp": lambda: discover_gcp(session, "http://127.0.0.1:9"),
+        "azure": lambda: discover_azure(session, "http://127.0.0.1:9"),
+    }
+    with pytest.raises(NotThisCloud, match="not reachable: _Py310Timeout"):
+        asyncio.run(probes[provider]())
 
 
 def test_static_config_overrides_field_by_field() -> None:

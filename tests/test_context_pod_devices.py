@@ -7,7 +7,14 @@ from types import MappingProxyType
 from exporter.accounting.ledger import Ledger
 from exporter.config import parse_config
 from exporter.context.attribution import RuleAttributor
-from exporter.context.kubernetes import PodAssignments, PodRef, gpu_key, neuron_device_key, pods_for_device
+from exporter.context.kubernetes import (
+    PodAssignments,
+    PodRef,
+    gpu_key,
+    neuron_device_key,
+    neuroncore_key,
+    pods_for_device,
+)
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
 from exporter.readings import DeviceIdentity, DeviceReading, SourceReport
 
@@ -46,6 +53,23 @@ def test_pods_for_device_maps_gpus_by_uuid_and_cores_by_their_neuron_device() ->
     assert [p.pod for p in pods_for_device(assignments, GPU0)] == ["ranker-7f9"]
     assert pods_for_device(assignments, GPU1) == ()
     assert [p.pod for p in pods_for_device(assignments, CORE5)] == ["bert-0"]
+
+
+def test_pods_for_device_prefers_a_direct_core_assignment_then_the_parent_device() -> None:
+    assignments = PodAssignments(
+        by_device_id=MappingProxyType(
+            {
+                neuroncore_key(5): (PodRef("nlp", "t5-0", "worker"),),
+                neuron_device_key(2): (PodRef("ml", "bert-0", "worker"),),
+            }
+        )
+    )
+    assert [p.pod for p in pods_for_device(assignments, CORE5)] == ["t5-0"]
+    core4 = DeviceIdentity("neuroncore4", "i-1-nc4", "aws", "inferentia2", "neuroncore", parent="neuron2")
+    assert [p.pod for p in pods_for_device(assignments, core4)] == ["bert-0"]
+    assert pods_for_device(assignments, DeviceIdentity("neuroncore4", "u", "aws", "m", "neuroncore")) == ()
+    odd = DeviceIdentity("neuroncore²", "u", "aws", "m", "neuroncore", parent="neuron2")
+    assert [p.pod for p in pods_for_device(assignments, odd)] == ["bert-0"]
 
 
 def test_idle_device_allocated_to_a_pod_is_charged_to_its_team() -> None:

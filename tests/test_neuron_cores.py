@@ -290,6 +290,8 @@ def test_model_and_hints_fallbacks() -> None:
     assert model_for("", "") == "neuron"
     assert model_for("trainium2", "trn1.2xlarge") == "trainium2"
     assert host_hints(InstanceInfo(zone="eu-central-1a")).region == "eu-central-1"
+    assert host_hints(InstanceInfo(zone="us-west-2-lax-1a")).region == "us-west-2"  # a Local Zone
+    assert host_hints(InstanceInfo(zone="us-west-2-lax-1a", region="us-west-2")).region == "us-west-2"
     assert host_hints(InstanceInfo()).provider == ""
 
 

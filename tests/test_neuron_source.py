@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,66 @@ async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     before = loop.time()
     await stopped(src)
     assert loop.time() - before >= 0.3  # it had to escalate to SIGKILL
+
+
+async def _started_sigterm_ignorer(tmp_path: Path, **kwargs: Any) -> tuple[NeuronSource, int, Path]:
+    """A source whose child ignores SIGTERM (`sleep` inherits the ignored signal across exec)."""
+    ready = tmp_path / "ready"
+    wrapper = script(tmp_path, "neuron-monitor", f"trap '' TERM\ntouch {shlex.quote(str(ready))}\nexec sleep 60")
+    settings = NeuronSettings(monitor_path=str(wrapper), period_seconds=PERIOD)
+    src = NeuronSource(settings, SystemClock(), FakeProcs(), **kwargs)
+    await src.start()
+    await wait_for(lambda: ready.exists() and bool(src.child_pids))
+    assert src.config_path is not None
+    return src, src.child_pids[0], src.config_path.parent
+
+
+async def _gone(pid: int, timeout: float = 2.0) -> bool:
+    # A SIGKILLed child is reaped by asyncio's child watcher shortly after; allow it a moment.
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not reaped(pid):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_default_stop_fits_the_daemons_shutdown_grace(tmp_path: Path) -> None:
+    src, pid, config_dir = await _started_sigterm_ignorer(tmp_path)  # default stop timeout
+    await asyncio.wait_for(src.stop(), 1.5)  # daemon.SHUTDOWN_GRACE_SECONDS
+    assert reaped(pid), "the SIGTERM-ignoring child survived stop() or was left a zombie"
+    assert not config_dir.exists()
+
+
+async def test_cancelled_stop_still_kills_the_child_and_removes_the_config(tmp_path: Path) -> None:
+    src, pid, config_dir = await _started_sigterm_ignorer(tmp_path, stop_timeout_seconds=30.0)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(src.stop(), 0.5)  # cancelled while waiting for SIGTERM to work
+    assert not config_dir.exists()
+    assert await _gone(pid), "the child outlived a cancelled stop()"
+
+
+async def test_process_facts_are_read_off_the_event_loop(tmp_path: Path) -> None:
+    class ThreadNotingProcs(FakeProcs):
+        def __init__(self) -> None:
+            super().__init__({4242: ProcessFacts(user="svc", command="serve.py")})
+            self.threads: set[int] = set()
+
+        def facts(self, pid: int) -> ProcessFacts | None:
+            self.threads.add(threading.get_ident())
+            return super().facts(pid)
+
+    procs = ThreadNotingProcs()
+    settings = NeuronSettings(monitor_path=str(fake_monitor(tmp_path)), period_seconds=PERIOD)
+    src = NeuronSource(settings, SystemClock(), procs, backoff_initial_seconds=0.05, stop_timeout_seconds=1.0)
+    await src.start()
+    try:
+        report = await poll_until(src, lambda r: r.success and any(d.processes for d in r.devices))
+        users = {p.pid: p.user for d in report.devices for p in d.processes}
+        assert users[4242] == "svc"
+        assert procs.threads and threading.get_ident() not in procs.threads
+    finally:
+        await stopped(src)
 
 
 async def test_stop_ends_a_shell_pipeline_replaying_a_fixture(tmp_path: Path) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,8 +20,10 @@ import pytest
 from exporter.context.cgroup import parse_cgroup
 from exporter.context.kubernetes import (
     EMPTY,
+    PodAssignments,
     PodRef,
     PodResourcesWatcher,
+    device_assignments,
     gpu_key,
     neuron_device_key,
     neuroncore_key,
@@ -124,9 +129,11 @@ def test_gpu_and_neuron_assignments(node: tuple[Path, FakeKubelet]) -> None:
     assert snapshot.for_gpu("GPU-unassigned") == ()
     assert snapshot.for_neuroncore(1) == (PodRef("serving", "llm", "server"),)
     assert snapshot.for_neuroncore(2) == ()
-    # Cores 6 and 7 belong to Neuron device 3 on a 2-cores-per-device instance.
-    assert snapshot.for_neuroncore(7, cores_per_device=2) == (PodRef("serving", "batch", "worker"),)
-    assert snapshot.for_neuroncore(1, cores_per_device=2) == (PodRef("serving", "llm", "server"),)
+    # Core 7 sits on Neuron device 3, which the batch pod holds whole; a direct core assignment wins.
+    assert snapshot.for_neuroncore(7, device=3) == (PodRef("serving", "batch", "worker"),)
+    assert snapshot.for_neuroncore(1, device=0) == (PodRef("serving", "llm", "server"),)
+    assert snapshot.for_neuroncore(None, device=3) == (PodRef("serving", "batch", "worker"),)
+    assert snapshot.for_neuroncore(7) == () and snapshot.for_neuroncore(None) == ()
     assert set(snapshot.by_device_id) == {
         GPU0,
         GPU1,
@@ -237,6 +244,90 @@ def test_run_refreshes_on_a_timer(node: tuple[Path, FakeKubelet]) -> None:
     asyncio.run(scenario())
     assert watcher.assignments.for_gpu(GPU0) == (PodRef("ml", "b", "main"),)
     assert kubelet.calls >= 2
+
+
+def test_unsearchable_kubelet_directory_means_disabled_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A systemd DynamicUser on a node where /var/lib/kubelet is root-only: stat() below it fails
+    # with EACCES. Simulated at the syscall wrapper because the suite runs as root.
+    blocked = tmp_path / "kubelet"
+    (blocked / "pod-resources").mkdir(parents=True)
+    (blocked / "pod-resources" / "kubelet.sock").touch()
+    real_stat, real_listdir = os.stat, os.listdir
+
+    def denied(path: Any) -> bool:
+        return isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(f"{blocked}/")
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    def listdir(path: Any = ".") -> list[str]:
+        if denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "listdir", listdir)
+    watcher = PodResourcesWatcher(
+        blocked / "pod-resources" / "kubelet.sock",
+        pod_log_dir=blocked / "pods",
+        container_log_dir=blocked / "containers",
+    )
+    assert watcher.enabled is False
+    snapshot = watcher.refresh()
+    assert snapshot.by_device_id == {} and snapshot.by_pod_uid == {} and snapshot.by_container_id == {}
+
+
+def test_run_survives_a_refresh_that_raises(node: tuple[Path, FakeKubelet], caplog: pytest.LogCaptureFixture) -> None:
+    root, kubelet = node
+    kubelet.pods = [pod("a", "ml", {"main": [("nvidia.com/gpu", [GPU0])]})]
+    watcher = watcher_for(root)
+    real_refresh = watcher.refresh
+    calls = 0
+
+    def flaky_refresh() -> PodAssignments:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError("boom")
+        return real_refresh()
+
+    watcher.refresh = flaky_refresh  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watcher.run())
+        try:
+            for _ in range(500):
+                if calls >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done(), "run() ended on a refresh error"
+            assert "RuntimeError: boom" in watcher.last_error
+            for _ in range(500):
+                if watcher.assignments.for_gpu(GPU0):
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done()
+        finally:
+            task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="exporter.context.kubernetes"):
+        asyncio.run(scenario())
+    assert watcher.assignments.for_gpu(GPU0) == (PodRef("ml", "a", "main"),)
+    assert watcher.last_error == ""
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "boom" in errors[0].getMessage()  # three failures, one line
+
+
+def test_odd_device_ids_are_skipped_not_raised() -> None:
+    # '²'.isdigit() is True but int('²') raises: such an id must not make every refresh fail.
+    response = api_pb2.ListPodResourcesResponse(
+        pod_resources=[pod("p", "ns", {"c": [("aws.amazon.com/neuroncore", ["²", "x", "3"])]})]
+    )
+    assert device_assignments(response) == {neuroncore_key(3): (PodRef("ns", "p", "c"),)}
 
 
 def test_keys() -> None:

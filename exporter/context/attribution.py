@@ -18,7 +18,8 @@ A rule's team and workload may name facts in braces, e.g. `workload: "{unit}"` o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
 from exporter.config.model import AttributionRule, AttributionSettings
@@ -83,6 +84,17 @@ class RuleAttributor:
     def _label(self, value: str) -> str:
         return sanitize_label(value, self._settings.max_label_length)
 
+    def _first_match(self, rules: Iterable[AttributionRule], facts: Mapping[str, str]) -> tuple[str, str] | None:
+        """(team, workload) of the first rule whose facts all match and whose team renders non-empty."""
+        for rule in rules:
+            if _matches(rule, facts):
+                team = self._label(_render(rule.team, facts))
+                # An empty team is a template over a missing fact, e.g. "{tag:Team}" on an untagged
+                # host: the rules after it still get their turn.
+                if team:
+                    return team, self._label(_render(rule.workload, facts))
+        return None
+
     def process_facts(self, process: ProcessReading) -> dict[str, str]:
         """Every fact a rule can match for this process (before sanitising)."""
         cgroup = parse_cgroup(process.cgroup)
@@ -124,21 +136,8 @@ class RuleAttributor:
             container=self._label(container),
             unit=self._label(facts["unit"]),
         )
-        for rule in self._process_rules:
-            if _matches(rule, facts):
-                team = self._label(_render(rule.team, facts))
-                if not team:
-                    continue  # a template over a missing fact, e.g. "{tag:Team}" on an untagged host
-                workload = self._label(_render(rule.workload, facts))
-                return Owner(
-                    team=team,
-                    workload=workload,
-                    pod=base.pod,
-                    namespace=base.namespace,
-                    container=base.container,
-                    unit=base.unit,
-                )
-        return base
+        match = self._first_match(self._process_rules, facts)
+        return base if match is None else replace(base, team=match[0], workload=match[1])
 
     def pod_owner(self, pod: PodFacts) -> Owner:
         """The owner of a pod that holds a device with no process on it (e.g. a GPU requested and idle).
@@ -154,25 +153,17 @@ class RuleAttributor:
             container=self._label(pod.container),
             team="",
         )
-        for rule in self._process_rules:
-            if _matches(rule, facts):
-                team = self._label(_render(rule.team, facts))
-                if team:
-                    return Owner(
-                        team, self._label(_render(rule.workload, facts)), base.pod, base.namespace, base.container
-                    )
-        return base
+        match = self._first_match(self._process_rules, facts)
+        return base if match is None else replace(base, team=match[0], workload=match[1])
 
     def host_owner(self, identity: HostIdentity) -> Owner:
         """The instance's owner: a tag-only rule, else its team/workload tags, else the default, else `unassigned`."""
         tags = dict(identity.tags)
         facts = {TAG_PREFIX + key: value for key, value in identity.tags}
         settings = self._settings
-        for rule in self._host_rules:
-            if _matches(rule, facts):
-                team = self._label(_render(rule.team, facts))
-                if team:
-                    return Owner(team=team, workload=self._label(_render(rule.workload, facts)))
+        match = self._first_match(self._host_rules, facts)
+        if match is not None:
+            return Owner(team=match[0], workload=match[1])
         team = self._label(tags.get(settings.team_tag, "")) or self._label(settings.default_team) or UNASSIGNED
         workload = self._label(tags.get(settings.workload_tag, "")) or self._label(settings.default_workload)
         return Owner(team=team, workload=workload)

@@ -56,7 +56,8 @@ class AwsImds:
                     # 403: IMDS disabled on this instance; 404/405: another cloud's service at this address.
                     raise NotThisCloud(f"IMDSv2 token request answered {resp.status}")
                 raise MetadataFailure("token", f"IMDSv2 token request answered {resp.status}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        # asyncio.TimeoutError (aiohttp's timeouts): on Python 3.10 it is not the builtin TimeoutError.
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise NotThisCloud(f"IMDSv2 not reachable: {exc.__class__.__name__}") from None
 
     async def token(self, session: aiohttp.ClientSession, stale: str | None = None) -> str:
@@ -115,7 +116,7 @@ class AwsImds:
                 tags, tags_enabled = await self._tags(session)
             else:
                 tags, tags_enabled = (), False
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise MetadataFailure("unreachable", f"IMDS stopped answering: {exc.__class__.__name__}") from None
         if not instance_type:
             raise MetadataFailure("bad_response", "IMDS gave a token but no instance-type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -25,7 +26,8 @@ async def discover_azure(session: aiohttp.ClientSession, endpoint: str) -> Disco
             if resp.status != 200:
                 raise MetadataFailure("http_error", f"Azure IMDS answered {resp.status}")
             body = await resp.text()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    # asyncio.TimeoutError (aiohttp's timeouts): on Python 3.10 it is not the builtin TimeoutError.
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise NotThisCloud(f"Azure IMDS not reachable: {exc.__class__.__name__}") from None
     try:
         compute = json.loads(body)

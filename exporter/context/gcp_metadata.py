@@ -37,7 +37,8 @@ async def discover_gcp(session: aiohttp.ClientSession, endpoint: str) -> Discove
     endpoint = endpoint.rstrip("/")
     try:
         machine_type = await _get(session, endpoint, "machine-type")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    # asyncio.TimeoutError (aiohttp's timeouts): on Python 3.10 it is not the builtin TimeoutError.
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise NotThisCloud(f"GCP metadata not reachable: {exc.__class__.__name__}") from None
     try:
         zone_path, instance_id, preemptible = await asyncio.gather(
@@ -45,7 +46,7 @@ async def discover_gcp(session: aiohttp.ClientSession, endpoint: str) -> Discove
             _get(session, endpoint, "id"),
             _get(session, endpoint, "scheduling/preemptible"),
         )
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise MetadataFailure("unreachable", f"GCP metadata stopped answering: {exc.__class__.__name__}") from None
     # machine-type is `projects/<num>/machineTypes/<type>`, zone `projects/<num>/zones/<zone>`.
     instance_type = machine_type.rsplit("/", 1)[-1]

@@ -102,12 +102,19 @@ class PodAssignments:
         """Containers assigned the GPU or MIG device with this UUID; () when none."""
         return self.by_device_id.get(gpu_key(uuid), ())
 
-    def for_neuroncore(self, core: int, cores_per_device: int | None = None) -> tuple[PodRef, ...]:
-        """Containers assigned NeuronCore `core`, directly or, given `cores_per_device`, through its device."""
-        direct = self.by_device_id.get(neuroncore_key(core), ())
-        if direct or not cores_per_device:
-            return direct
-        return self.by_device_id.get(neuron_device_key(core // cores_per_device), ())
+    def for_neuroncore(self, core: int | None, device: int | None = None) -> tuple[PodRef, ...]:
+        """Containers assigned NeuronCore `core` (`aws.amazon.com/neuroncore`), else its Neuron device `device`.
+
+        A pod that asked for whole devices (`aws.amazon.com/neuron`) holds every core on them, so
+        a core with no direct assignment falls back to the device it sits on; None skips a step.
+        """
+        if core is not None:
+            direct = self.by_device_id.get(neuroncore_key(core), ())
+            if direct:
+                return direct
+        if device is None:
+            return ()
+        return self.by_device_id.get(neuron_device_key(device), ())
 
     def for_cgroup(self, facts: CgroupFacts) -> PodRef | None:
         """The pod (with its container when known) that a process's cgroup facts point to; None outside pods."""
@@ -139,10 +146,15 @@ def _device_keys(resource: str, device_ids: Iterable[str]) -> list[str]:
     if resource.startswith(NVIDIA_RESOURCE_PREFIX):
         return [gpu_key(device_id) for device_id in device_ids]
     if resource == NEURONCORE_RESOURCE:
-        return [neuroncore_key(int(device_id)) for device_id in device_ids if device_id.isdigit()]
+        return [neuroncore_key(index) for index in map(_index, device_ids) if index is not None]
     if resource in NEURON_DEVICE_RESOURCES:
-        return [neuron_device_key(int(device_id)) for device_id in device_ids if device_id.isdigit()]
+        return [neuron_device_key(index) for index in map(_index, device_ids) if index is not None]
     return []
+
+
+def _index(text: str) -> int | None:
+    """A non-negative decimal index, or None. str.isdigit alone also accepts '²', which int() rejects."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def scan_pod_log_dir(pod_log_dir: Path) -> dict[str, PodRef]:
@@ -245,15 +257,19 @@ class PodResourcesWatcher:
 
     @property
     def enabled(self) -> bool:
-        """Whether the kubelet socket or its pod log directory exists on this node right now."""
-        return self._socket_path.exists() or self._pod_log_dir.is_dir()
+        """Whether the kubelet socket or its pod log directory exists on this node right now; never raises.
+
+        os.path, not Path: on Python 3.10/3.11 Path.exists() raises PermissionError when a parent
+        cannot be searched (e.g. a systemd DynamicUser and a root-only /var/lib/kubelet).
+        """
+        return os.path.exists(self._socket_path) or os.path.isdir(self._pod_log_dir)
 
     def refresh(self) -> PodAssignments:
         """Refresh the snapshot now (blocking: run it in a thread) and return it; never raises."""
         pods_by_uid = scan_pod_log_dir(self._pod_log_dir)
         containers = scan_container_log_dir(self._container_log_dir, pods_by_uid)
         devices = self._assignments.by_device_id
-        if self._socket_path.exists():
+        if os.path.exists(self._socket_path):  # False, not PermissionError, under an unsearchable parent
             try:
                 devices = device_assignments(list_pod_resources(self._socket_path, self._timeout_seconds))
             except PodResourcesError as exc:  # keep the old map: pods rarely move between two refreshes
@@ -280,9 +296,13 @@ class PodResourcesWatcher:
         return self._assignments
 
     async def run(self) -> None:
-        """Refresh every `refresh_seconds` in a worker thread until cancelled."""
+        """Refresh every `refresh_seconds` in a worker thread until cancelled; an error never ends it."""
         while True:
-            await asyncio.to_thread(self.refresh)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception as exc:  # a bug or an odd node must not silently stop attribution for good
+                self.last_error = f"pod attribution refresh failed: {type(exc).__name__}: {exc}"
+                self._report("failed", self.last_error, logging.ERROR)
             await asyncio.sleep(self._refresh_seconds)
 
     def _report(self, state: str, message: str, level: int) -> None:
@@ -306,10 +326,7 @@ def pods_for_device(assignments: PodAssignments, identity: DeviceIdentity) -> tu
     if identity.kind in ("gpu", "mig"):
         return assignments.for_gpu(identity.uuid)
     if identity.kind == "neuroncore" and identity.device.startswith("neuroncore"):
-        core = identity.device[len("neuroncore") :]
-        direct = assignments.for_neuroncore(int(core)) if core.isdigit() else ()
-        device = identity.parent[len("neuron") :] if identity.parent.startswith("neuron") else ""
-        if direct or not device.isdigit():
-            return direct
-        return assignments.by_device_id.get(neuron_device_key(int(device)), ())
+        core = _index(identity.device.removeprefix("neuroncore"))
+        device = _index(identity.parent.removeprefix("neuron")) if identity.parent.startswith("neuron") else None
+        return assignments.for_neuroncore(core, device)
     return ()

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from exporter.clock import Clock
@@ -30,7 +30,7 @@ from exporter.config.model import NeuronSettings
 from exporter.readings import SourceReport
 from exporter.sources.neuron_cores import MIN_PERIOD_SECONDS, CoreTracker
 from exporter.sources.neuron_parse import ParseError, parse_line
-from exporter.sources.procfs import ProcessFactsReader
+from exporter.sources.procfs import ProcessFacts, ProcessFactsReader
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ NAME = "neuron"
 DEFAULT_LINE_LIMIT = 16 * 2**20
 RUNTIME_GROUPS = ("neuroncore_counters", "memory_used", "execution_stats")
 SYSTEM_GROUPS = ("neuron_hw_counters", "memory_info")
+# SIGTERM -> SIGKILL wait on stop. The daemon gives every source's stop() 1.5 s
+# (daemon.SHUTDOWN_GRACE_SECONDS); this leaves room to kill, reap and clean up inside it.
+DEFAULT_STOP_TIMEOUT_SECONDS = 0.8
 
 
 def neuron_auto_enabled(settings: NeuronSettings) -> bool:
@@ -120,7 +123,7 @@ class NeuronSource:
         backoff_max_seconds: float = 60.0,
         healthy_after_seconds: float = 60.0,
         stall_timeout_seconds: float | None = None,
-        stop_timeout_seconds: float = 3.0,
+        stop_timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS,
         host_name: str | None = None,
     ) -> None:
         """`env` adds variables to the inherited environment of the child; `extra_args` follow `-c CONFIG`."""
@@ -205,24 +208,36 @@ class NeuronSource:
         self._task = asyncio.create_task(self._supervise(), name="neuron-monitor supervisor")
 
     async def stop(self) -> None:
-        """Terminate the child (then kill it after a timeout), reap it and remove the config."""
+        """Stop the supervisor, terminate the child (SIGKILL after `stop_timeout`), reap it, remove the config.
+
+        If stop() is itself cancelled (the daemon's shutdown grace ran out), the child's process
+        group is still killed and the config directory removed before the cancellation goes on.
+        """
         self._stopping.set()
-        proc = self._proc
-        if proc is not None:
-            await self._terminate(proc)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # The supervisor may have been between spawn and bookkeeping when cancelled.
-        if self._proc is not None:
-            await self._terminate(self._proc)
+        proc = self._proc
+        try:
+            if task is not None:
+                # The supervisor first, so it cannot start another child; cancelling it ends (and
+                # reaps) the child it is reading, in _run_once.
+                task.cancel()
+                await asyncio.wait({task})  # unlike `await task`, a cancellation of stop() is not swallowed
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("neuron-monitor supervisor failed: %r", task.exception())
+            # The supervisor may have been between spawn and bookkeeping when cancelled.
+            for leftover in (proc, self._proc):
+                if leftover is not None:
+                    await self._terminate(leftover)
+        finally:
+            for leftover in (proc, self._proc):
+                if leftover is not None and leftover.returncode is None:
+                    # Synchronous, so it happens even when cancelled; asyncio's child watcher reaps it.
+                    self._signal(leftover, signal.SIGKILL)
             self._proc = None
-        if self._config_dir is not None:
-            shutil.rmtree(self._config_dir, ignore_errors=True)
-            self._config_dir = None
-            self._config_path = None
+            if self._config_dir is not None:
+                shutil.rmtree(self._config_dir, ignore_errors=True)
+                self._config_dir = None
+                self._config_path = None
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         if proc.returncode is None:
@@ -233,7 +248,9 @@ class NeuronSource:
                 log.warning(
                     "neuron-monitor (pid %d) ignored SIGTERM for %.1fs; killing it", proc.pid, self._stop_timeout
                 )
-                self._signal(proc, signal.SIGKILL)
+            finally:
+                if proc.returncode is None:  # timed out, or cancelled while waiting
+                    self._signal(proc, signal.SIGKILL)
         # wait() reaps the child: no zombie stays behind.
         await proc.wait()
 
@@ -414,13 +431,17 @@ class NeuronSource:
         """Every core since the previous poll; never raises."""
         started = self._clock.monotonic()
         try:
-            return self._poll(started)
+            # /proc reads and user-name lookups (NSS may ask LDAP/sssd) run in a worker thread; the
+            # tracker itself is not thread-safe and stays on the event loop.
+            pids = self._tracker.holder_pids()
+            read_ahead = await asyncio.to_thread(_read_facts, self._proc_reader, pids) if pids else {}
+            return self._poll(started, _ReadAhead(read_ahead, self._proc_reader))
         except Exception as exc:  # a bug here must not take the daemon down
             log.exception("neuron source poll failed")
             self._errors["internal"] += 1
             return self._failed(started, f"internal error: {exc}")
 
-    def _poll(self, started: float) -> SourceReport:
+    def _poll(self, started: float, proc_reader: ProcessFactsReader) -> SourceReport:
         if self._missing:
             return self._failed(started, not_found_message(self._settings.monitor_path))
         if self._task is None:
@@ -436,7 +457,7 @@ class NeuronSource:
             return self._failed(started, self._down_message("waiting for neuron-monitor's first record"))
         if not (fresh or (alive and recent)):
             return self._failed(started, self._down_message("no record from neuron-monitor"))
-        devices = self._tracker.readings(self._proc_reader)
+        devices = self._tracker.readings(proc_reader)
         return SourceReport(
             collector=NAME,
             devices=devices,
@@ -471,3 +492,20 @@ class NeuronSource:
         errors = tuple(sorted(self._errors.items()))
         self._errors.clear()
         return errors
+
+
+def _read_facts(reader: ProcessFactsReader, pids: Iterable[int]) -> dict[int, ProcessFacts | None]:
+    """Facts for each pid (blocking: /proc and the user database)."""
+    return {pid: reader.facts(pid) for pid in pids}
+
+
+class _ReadAhead:
+    """A ProcessFactsReader over facts read ahead; a pid first seen since then is read directly."""
+
+    def __init__(self, facts: Mapping[int, ProcessFacts | None], fallback: ProcessFactsReader) -> None:
+        self._facts = facts
+        self._fallback = fallback
+
+    def facts(self, pid: int) -> ProcessFacts | None:
+        """The pid's facts as read ahead, else from the fallback reader."""
+        return self._facts[pid] if pid in self._facts else self._fallback.facts(pid)

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
+from exporter.context.discovery import region_from_zone
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, HostHints, ProcessReading
 from exporter.sources.neuron_parse import HardwareInfo, InstanceInfo, MonitorRecord, RuntimeReport
 from exporter.sources.procfs import ProcessFactsReader
@@ -38,7 +39,6 @@ _FAMILY_MODEL = (
     (re.compile(r"^trn2[a-z]*\b"), "trainium2"),
     (re.compile(r"^trn3[a-z]*\b"), "trainium3"),
 )
-_ZONE = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
 
 
 def core_name(core: int) -> str:
@@ -58,10 +58,7 @@ def model_for(device_type: str, instance_type: str) -> str:
 
 def host_hints(info: InstanceInfo) -> HostHints:
     """Host identity from neuron-monitor's `instance_info` (the region is derived from the zone if missing)."""
-    region = info.region
-    if not region:
-        match = _ZONE.match(info.zone)
-        region = match.group(1) if match else ""
+    region = info.region or region_from_zone(info.zone)
     provider = "aws" if (info.instance_id or info.instance_type) else ""
     return HostHints(
         provider=provider, instance_type=info.instance_type, instance_id=info.instance_id, region=region, zone=info.zone
@@ -226,6 +223,10 @@ class CoreTracker:
                 self._counters[(ECC_METRIC, (("device", device), ("type", ecc_type)))] += count
 
     # --- output ---------------------------------------------------------------------------
+
+    def holder_pids(self) -> frozenset[int]:
+        """Pids of the runtimes holding cores in the latest record (what `readings` will look up)."""
+        return frozenset(h.pid for holders in self._holders.values() for h in holders if h.pid > 0)
 
     def host_hints(self) -> HostHints | None:
         """Host identity from the latest `instance_info`, or None when the stream had none."""
