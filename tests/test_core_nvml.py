@@ -517,3 +517,33 @@ async def test_driver_reload_reinitialises_nvml_and_counters_continue(sim: Calla
     assert last["nvidia0"].utilization is not None and abs(last["nvidia0"].utilization - 0.5) < 0.02
     busy_after = sum(r.devices[0].busy_seconds or 0.0 for r in reports[-10:])
     assert abs(busy_after - 0.5 * 10 * INTERVAL) < 0.5
+
+
+async def test_mig_instances_created_and_destroyed_while_running_are_followed(sim: Callable[..., SimHost]) -> None:
+    # GPU 0 starts with a 3g and a 2g instance; at 100 s the 2g is destroyed and a 1g created.
+    scenario = {
+        "host": {"instance_type": "p4de.24xlarge"},
+        "gpus": [
+            {
+                "index": 0,
+                "model": "NVIDIA A100-SXM4-80GB",
+                "mig": [
+                    {"gi": 1, "slices": 3, "memory_total": "40GiB"},
+                    {"gi": 5, "slices": 2, "memory_total": "20GiB", "end": "100s"},
+                    {"gi": 13, "slices": 1, "memory_total": "10GiB", "start": "100s"},
+                ],
+            }
+        ],
+    }
+    host = sim(scenario)
+    await host.source.start()
+    first = {r.identity.device: r for r in (await host.source.poll()).devices}
+    assert sorted(first) == ["nvidia0", "nvidia0-mig1", "nvidia0-mig5"]
+    assert abs(first["nvidia0"].identity.price_units - 2 / 7) < 1e-9  # 2 of 7 slices unallocated
+    reports = [await host.step() for _ in range(60)]  # 300 s at 5 s: at least one inventory refresh after 100 s
+    last = {r.identity.device: r for r in reports[-1].devices}
+    assert sorted(last) == ["nvidia0", "nvidia0-mig1", "nvidia0-mig13"]
+    assert all(r.up for r in last.values())
+    assert abs(last["nvidia0"].identity.price_units - 3 / 7) < 1e-9
+    assert abs(last["nvidia0-mig13"].identity.price_units - 1 / 7) < 1e-9
+    assert reports[-1].complete  # so the ledger drops nvidia0-mig5

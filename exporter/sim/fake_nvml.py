@@ -118,6 +118,8 @@ class FakeNvml:
         if handle.generation < self._generation():
             # The driver was reloaded: handles from before answer like a GPU that fell off the bus.
             raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if handle.mig is not None and handle.mig not in self._live_migs(gpu):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # the GPU instance was destroyed
         self._check(call, gpu)
         return gpu
 
@@ -183,7 +185,7 @@ class FakeNvml:
     # --- MIG --------------------------------------------------------------------------------
     def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
         gpu = self._gpu(handle, "nvmlDeviceGetMigMode")
-        mode = NVML_DEVICE_MIG_ENABLE if gpu.mig else 0
+        mode = NVML_DEVICE_MIG_ENABLE if gpu.mig else 0  # MIG mode stays on while instances come and go
         return [mode, mode]
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
@@ -192,9 +194,14 @@ class FakeNvml:
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
         gpu = self._gpu(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
-        if index >= len(gpu.mig):
+        live = self._live_migs(gpu)
+        if index >= len(live):
             raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-        return _Handle(gpu.index, gpu.mig[index], handle.generation)
+        return _Handle(gpu.index, live[index], handle.generation)
+
+    def _live_migs(self, gpu: Gpu) -> list[MigInstance]:
+        t = self.now()
+        return [m for m in gpu.mig if m.start <= t and (m.end is None or t < m.end)]
 
     def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:
         self._gpu(handle, "nvmlDeviceGetGpuInstanceId")

@@ -55,6 +55,8 @@ class MigInstance:
     gi: int
     slices: int
     memory_total: int
+    start: float = 0.0  # created at (scenario time): MIG layouts change while the exporter runs
+    end: float | None = None  # destroyed at
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ def _gpu(g: Reader, position: int) -> Gpu:
                 gi=m.integer("gi", 0, minimum=0),
                 slices=m.integer("slices", 1, minimum=1, maximum=8),
                 memory_total=_size(m, "memory_total", 5 * 2**30),
+                start=m.duration("start", 0.0),
+                end=None if m.raw("end") is None else m.duration("end", 0.0),
             )
         )
         m.finish()

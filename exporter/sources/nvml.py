@@ -28,6 +28,7 @@ MIG_SLICES_DEFAULT = 7  # A100, H100, H200, B200 have 7 compute slices
 MIG_SLICES_BY_MODEL = {"A30": 4}
 MAX_EVENTS_PER_POLL = 256
 NO_DRIVER_REASONS = frozenset({"LibraryNotFound", "DriverNotLoaded", "ImportError", "ModuleNotFoundError"})
+INVENTORY_SECONDS = 60.0  # how often MIG layouts and hot-plugged GPUs are looked for
 REINIT_AFTER_POLLS = 3  # every GPU lost this many polls in a row: re-initialise NVML
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
@@ -102,6 +103,7 @@ class NvmlSource:
         # Errors of the first initialisation, reported with the first poll.
         self._start_errors: Counter[str] = Counter()
         self._all_lost_polls = 0
+        self._next_inventory = 0.0
         self._reinit_delay = retry_initial
 
     async def start(self) -> None:
@@ -178,6 +180,7 @@ class NvmlSource:
             devices.extend(self._identify(index))
         self._set_devices(devices)
         self._register_events()
+        self._next_inventory = self._clock.monotonic() + INVENTORY_SECONDS
 
     def _identify(self, index: int) -> list[_Device]:
         """The GPU at `index` and its MIG instances; a dead GPU becomes one unreadable row."""
@@ -207,6 +210,41 @@ class NvmlSource:
         self._devices = devices
         self._by_uuid = {d.identity.uuid: d for d in devices if d.identity.uuid}
         self._known = tuple(d.identity for d in devices)
+
+    def _refresh_inventory(self) -> None:
+        """Every INVENTORY_SECONDS, enumerate again: MIG instances are created and destroyed, GPUs hot-plugged.
+
+        Devices that did not change keep their state (sample timestamps, cached unsupported calls).
+        """
+        now = self._clock.monotonic()
+        if now < self._next_inventory or any(d.lost for d in self._devices):
+            return  # while a GPU is lost, its recovery is handled per device
+        self._next_inventory = now + INVENTORY_SECONDS
+        nvml = self._nvml
+        try:
+            fresh = [d for index in range(nvml.nvmlDeviceGetCount()) for d in self._identify(index)]
+        except nvml.NVMLError as exc:
+            log.debug("inventory refresh failed: %s", exc)
+            return
+        if any(d.unreadable for d in fresh):
+            return  # a GPU stopped answering: that is handled as a loss, not as a new layout
+        previous = {d.identity.uuid: d for d in self._devices}
+        merged = []
+        for dev in fresh:
+            kept = previous.get(dev.identity.uuid)
+            merged.append(kept if kept is not None and kept.identity == dev.identity else dev)
+        if [d.identity for d in merged] == [d.identity for d in self._devices]:
+            return
+        added = sorted({d.identity.device for d in merged} - {d.identity.device for d in self._devices})
+        gone = sorted({d.identity.device for d in self._devices} - {d.identity.device for d in merged})
+        log.info("device inventory changed: added %s, gone %s", ", ".join(added) or "none", ", ".join(gone) or "none")
+        for dev in merged:
+            if dev not in self._devices and not dev.is_mig and self._event_set is not None:
+                try:
+                    nvml.nvmlDeviceRegisterEvents(dev.handle, nvml.nvmlEventTypeXidCriticalError, self._event_set)
+                except nvml.NVMLError as exc:
+                    log.debug("XID events not available on %s: %s", dev.identity.device, exc)
+        self._set_devices(merged)
 
     def _reidentify(self) -> None:
         """Try again to identify GPUs that were dead at enumeration; a GPU that comes back is found."""
@@ -310,6 +348,8 @@ class NvmlSource:
             )
         if any(d.unreadable for d in self._devices):
             self._reidentify()
+        else:
+            self._refresh_inventory()
         readings_list = []
         for dev in self._devices:
             try:
