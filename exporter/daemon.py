@@ -23,7 +23,6 @@ from exporter.readings import SourceReport
 from exporter.sources.base import Source
 from exporter.sources.procfs import ProcFs
 from exporter.web.server import build_app, parse_listen_address
-from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ class Daemon:
         self._reloads: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self._stalled: dict[str, int] = {}
-        # Rendering has its own thread: bcrypt checks of a password flood must not queue it.
-        self._render_executor = SerialDaemonExecutor("render")
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
@@ -298,9 +295,7 @@ class Daemon:
             if report.host_hints is not None:
                 self.provider.note_hints(report.host_hints)
             self.ledger.ingest(report, context, now)
-        # Render on a worker thread: with many devices it takes tens of ms that would stall scrapes.
-        snapshot = self.ledger.snapshot(self.clock.monotonic())
-        await asyncio.get_running_loop().run_in_executor(self._render_executor, self.cache.update, snapshot)
+        self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))  # rendered by the first scrape
         self._ready = True
 
     async def _poll_source(self, source: Source) -> SourceReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -306,7 +307,7 @@ async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
         async def scrape(dt: float) -> str:
             clock.advance(dt)
             await daemon.poll_once()
-            text = daemon.cache.text()
+            text = await daemon.cache.get(openmetrics=False)  # what the next scrape serves
             assert text is not None
             return text.body.decode()
 
@@ -334,6 +335,13 @@ async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
         for _ in range(3):
             clock.advance(5.0)
             await daemon.poll_once()
+        assert threads == []  # polls nobody scrapes are never rendered
+        for _ in range(3):
+            clock.advance(5.0)
+            await daemon.poll_once()
+            # Ten concurrent scrapes of a new snapshot share one render.
+            bodies = await asyncio.gather(*(daemon.cache.get(openmetrics=i % 2 == 0) for i in range(10)))
+            assert all(b is not None for b in bodies)
     assert len(threads) == 3
     assert threading.current_thread().name not in threads
 
@@ -346,7 +354,7 @@ async def test_daemon_reports_a_missing_nvml_without_failing(tmp_path: Any) -> N
         for _ in range(3):
             clock.advance(5.0)
             await daemon.poll_once()
-        text = daemon.cache.text()
+        text = await daemon.cache.get(openmetrics=False)
         assert text is not None
         body = text.body.decode()
         assert 'accel_exporter_collector_success{collector="nvml"} 0.0' in body

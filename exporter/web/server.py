@@ -41,9 +41,7 @@ def build_app(
     """The application; `cache` holds the rendered bytes, `is_ready` says whether a poll finished."""
 
     async def metrics(request: web.Request) -> web.Response:
-        rendered: Rendered | None = (
-            cache.openmetrics() if _wants_openmetrics(request.headers.get("Accept", "")) else cache.text()
-        )
+        rendered: Rendered | None = await cache.get(openmetrics=_wants_openmetrics(request.headers.get("Accept", "")))
         if rendered is None:
             return web.Response(status=503, text="no data yet: the first poll has not finished\n")
         headers = {"Content-Type": rendered.content_type, "Vary": "Accept, Accept-Encoding"}
