@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from exporter.config.reader import finite_number
+
 # The outcome, error and ECC names the exporter exports; anything else is ignored so a new
 # neuron-monitor field cannot grow the label space unnoticed.
 OUTCOMES = (
@@ -233,19 +235,8 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _number(value: Any) -> float | None:
-    # bool is an int subclass; a JSON true is not a number here.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # a JSON integer with hundreds of digits
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
 def _count(value: Any) -> int | None:
-    number = _number(value)
+    number = finite_number(value)
     if number is None or number < 0:
         return None
     return int(number)
@@ -268,7 +259,7 @@ def _text(value: Any) -> str:
 
 
 def _period(group: dict[str, Any]) -> float | None:
-    period = _number(group.get("period"))
+    period = finite_number(group.get("period"))
     return period if period is not None and period >= 0 else None
 
 
