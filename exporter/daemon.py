@@ -70,6 +70,7 @@ class Daemon:
         self._context_error_seen: dict[tuple[str, str], int] = {}
         self._pods: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._scenario: Any = None
         self._reloads: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self._stalled: dict[str, int] = {}
@@ -100,10 +101,9 @@ class Daemon:
 
     def _build_demo_sources(self, name: str) -> None:
         from exporter.sim.fake_nvml import FakeNvml, SimProcFs
-        from exporter.sim.scenario import load_scenario
         from exporter.sources.nvml import NvmlSource
 
-        scenario = load_scenario(name)
+        scenario = self._demo_scenario()
         log.info("demo: simulating scenario %r (%s)", scenario.name, scenario.host.instance_type or "no instance type")
         if scenario.gpus or scenario.nvml_missing or not scenario.neuron:
             fake = FakeNvml(scenario, self.clock)
@@ -118,12 +118,16 @@ class Daemon:
             settings = replace(self.config.neuron, monitor_path=str(wrapper))
             self.sources.append(NeuronSource(settings, self.clock, processes))
 
-    def _demo_host(self) -> Any:
-        if not self.options.demo:
-            return None
-        from exporter.sim.scenario import load_scenario
+    def _demo_scenario(self) -> Any:
+        """The --demo scenario, parsed once (sources, provider and every reload share it)."""
+        if self._scenario is None:
+            from exporter.sim.scenario import load_scenario
 
-        return load_scenario(self.options.demo).host
+            self._scenario = load_scenario(str(self.options.demo))
+        return self._scenario
+
+    def _demo_host(self) -> Any:
+        return self._demo_scenario().host if self.options.demo else None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:

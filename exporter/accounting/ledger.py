@@ -88,10 +88,11 @@ class Ledger:
             return  # the late report will cover this interval when it arrives
         if any(r.up for r in report.devices):
             self._collectors[report.collector].last_sample = report.timestamp
+        host = context.attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         for reading in report.devices:
             seen.add(reading.identity.device)
-            self._ingest_device(report.collector, reading, now)
+            self._ingest_device(report.collector, reading, now, host)
         missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
@@ -101,7 +102,7 @@ class Ledger:
             # The source could not read its devices at all (neuron-monitor down): the ones it had
             # stay, shown down, and keep accruing time and cost like a lost GPU.
             for name in missing:
-                self._ingest_device(report.collector, DeviceReading(self._devices[name].identity, up=False), now)
+                self._ingest_device(report.collector, DeviceReading(self._devices[name].identity, up=False), now, host)
         self._reprice(context)
 
     def record_collector(
@@ -132,7 +133,7 @@ class Ledger:
     def _reprice(self, context: HostContext) -> None:
         self._prices = device_prices(context.price, [b.identity for b in self._devices.values()])
 
-    def _ingest_device(self, collector: str, reading: DeviceReading, now: float) -> None:
+    def _ingest_device(self, collector: str, reading: DeviceReading, now: float, host: Owner) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
         if book is None:
@@ -151,7 +152,7 @@ class Ledger:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
         self._energy(book, reading.energy_joules)
-        book.processes, book.owner = self._owners(reading)
+        book.processes, book.owner = self._owners(reading, host)
         for delta in reading.counters:
             key = (delta.metric, delta.labels)
             book.counters[key] = book.counters.get(key, 0.0) + delta.value
@@ -182,11 +183,10 @@ class Ledger:
             book.energy_total += raw - book.energy_raw if raw >= book.energy_raw else raw
         book.energy_raw = raw
 
-    def _owners(self, reading: DeviceReading) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
+    def _owners(self, reading: DeviceReading, host: Owner) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
         context = self._context
         assert context is not None
         attributor = context.attributor
-        host = attributor.host_owner(context.identity)
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
