@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from pathlib import Path
 
@@ -120,6 +121,19 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     with pytest.raises(WebConfigInvalid) as info:
         load_web_config(path)
     assert all(part in str(info.value) for part in ("foo: unknown key", "bar: unknown key", "basic_auth_users.u"))
+
+
+def test_basic_auth_without_bcrypt_installed_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bcrypt is imported only where basic auth is configured; without it the file is refused at load.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bcrypt" else real_find_spec(name, *a)
+    )
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    path = write(tmp_path / "web.yml", f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    with pytest.raises(WebConfigInvalid, match="basic_auth_users: needs the Python package bcrypt"):
+        load_web_config(path)
+    assert load_web_config(write(tmp_path / "plain.yml", "http_server_config: {}\n")).users == {}
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import importlib.util
 import logging
 import os
 import re
@@ -40,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -285,6 +285,11 @@ def _parse_users(section: object, errors: list[str]) -> tuple[tuple[str, str], .
     if not isinstance(section, dict):
         errors.append(f"basic_auth_users: must be a mapping of user name to bcrypt hash, not {_kind(section)}")
         return ()
+    if section and importlib.util.find_spec("bcrypt") is None:
+        errors.append(
+            "basic_auth_users: needs the Python package bcrypt, which is not installed; install it or remove basic_auth_users"
+        )
+        return ()
     users: list[tuple[str, str]] = []
     for user, hashed in section.items():
         where = f"basic_auth_users.{user}"
@@ -497,6 +502,8 @@ class BasicAuthChecker:
         rounds = int(match.group(1)) if match else 10
         key = str(rounds).encode()
         if key not in self._dummy:
+            import bcrypt  # only hosts with basic auth need the package
+
             self._dummy[key] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
         return self._dummy[key]
 
@@ -511,6 +518,8 @@ def _lookup(users: Mapping[str, str], user: str) -> str | None:
 
 
 def _bcrypt_ok(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # only hosts with basic auth need the package
+
     try:
         return bcrypt.checkpw(password, hashed)
     except ValueError:
