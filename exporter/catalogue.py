@@ -55,15 +55,16 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_utilization_ratio",
         "gauge",
         _D,
-        "Busy fraction (0-1) over the last poll interval, integrated from the driver's sample buffer "
-        "(NVML nvmlDeviceGetSamples; neuron-monitor neuroncore_utilization). Absent when unknown (MIG without GPM).",
+        "Busy fraction (0-1) since the previous read of the driver's sample buffer (NVML nvmlDeviceGetSamples, "
+        "read each poll, or every 4-5 s when polls come faster; neuron-monitor neuroncore_utilization). "
+        "Absent when unknown (MIG without GPM).",
         "device",
     ),
     _m(
         "accel_busy_seconds_total",
         "counter",
         _D,
-        "Integrated busy time in seconds; rate() is the utilization over any window.",
+        "Integrated busy time in seconds; rate() is the utilization over any window of 5 s or more.",
         "device",
     ),
     _m(
@@ -85,7 +86,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_energy_joules_total",
         "counter",
         _D,
-        "Energy consumed in joules (NVML nvmlDeviceGetTotalEnergyConsumption), monotonic across driver resets.",
+        "Energy consumed in joules (NVML nvmlDeviceGetTotalEnergyConsumption, read each poll, or every 8-10 s "
+        "when polls come faster), monotonic across driver resets.",
         "device",
     ),
     _m("accel_processes", "gauge", _D, "Number of processes holding the device.", "device"),

@@ -18,7 +18,7 @@ from exporter.clock import ManualClock
 from exporter.readings import DeviceReading, SourceReport
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
 from exporter.sim.scenario import Scenario, load_scenario, parse_scenario
-from exporter.sources.nvml import NvmlSource
+from exporter.sources.nvml import ENERGY_READ_SECONDS, SAMPLES_READ_SECONDS, NvmlSource
 
 GiB = 2**30
 INTERVAL = 5.0
@@ -103,7 +103,7 @@ async def test_device_name_comes_from_the_minor_number(sim: Callable[..., SimHos
 
 async def test_mig_instances_and_price_units(sim: Callable[..., SimHost]) -> None:
     host = sim("a100-mig")
-    await host.step(1.0)
+    first = await host.step(1.0)
     report = await host.step()
     devices = by_name(report)
     assert list(devices)[:4] == ["nvidia0", "nvidia0-mig1", "nvidia0-mig5", "nvidia0-mig13"]
@@ -126,7 +126,7 @@ async def test_mig_instances_and_price_units(sim: Callable[..., SimHost]) -> Non
     # The parent has no activity either, but power and energy are device-wide.
     assert devices["nvidia0"].utilization is None
     assert devices["nvidia0"].power_watts is not None
-    assert devices["nvidia0"].energy_joules is not None
+    assert by_name(first)["nvidia0"].energy_joules is not None  # read every ENERGY_READ_SECONDS
     # Processes sit on the MIG instance they run in, not on the parent.
     assert [p.pid for p in devices["nvidia0-mig1"].processes] == [6001]
     assert devices["nvidia0-mig1"].memory_used_bytes == 30 * GiB
@@ -414,7 +414,7 @@ async def test_unsupported_energy_is_absent_and_not_retried(sim: Callable[..., S
 
     host.wrap("nvmlDeviceGetTotalEnergyConsumption", count)
     for _ in range(5):
-        report = await host.step()
+        report = await host.step(ENERGY_READ_SECONDS)
         devices = by_name(report)
         assert devices["nvidia0"].energy_joules is None
         assert devices["nvidia1"].energy_joules is not None
@@ -443,6 +443,57 @@ async def test_overflowing_sample_buffer_is_counted(sim: Callable[..., SimHost])
     reading = by_name(report)["nvidia0"]
     assert reading.covered_seconds == pytest.approx(30.0)  # the gap is charged, not dropped
     assert reading.busy_seconds == pytest.approx(15.0)
+
+
+def call_counter(host: SimHost, name: str) -> list[float]:
+    """Record the simulated time of every call of `name`."""
+    times: list[float] = []
+
+    def record(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        times.append(host.clock.monotonic())
+        return original(*args, **kwargs)
+
+    host.wrap(name, record)
+    return times
+
+
+async def test_costly_reads_are_spaced_at_short_intervals(sim: Callable[..., SimHost]) -> None:
+    # The energy counter and the sample buffer cost milliseconds per call on a real driver; power,
+    # memory and processes cost microseconds and are read every poll.
+    host = sim(fleet({"index": 0, "utilization": 0.5}))
+    host.clock.advance(60.0)  # a driver that has been up a while: its sample buffer is full
+    energy = call_counter(host, "nvmlDeviceGetTotalEnergyConsumption")
+    samples = call_counter(host, "nvmlDeviceGetSamples")
+    power = call_counter(host, "nvmlDeviceGetPowerUsage")
+    readings = [by_name(await host.step(1.0))["nvidia0"] for _ in range(60)]
+    assert len(power) == 60
+    assert all(r.power_watts is not None for r in readings)
+    assert 60 / ENERGY_READ_SECONDS <= len(energy) <= 60 / (0.75 * ENERGY_READ_SECONDS) + 1
+    assert 60 / SAMPLES_READ_SECONDS <= len(samples) <= 60 / (0.75 * SAMPLES_READ_SECONDS) + 1
+    assert max(b - a for a, b in itertools.pairwise(samples)) <= SAMPLES_READ_SECONDS
+    # Polls between buffer reads add nothing and keep the last utilization; the reads catch up.
+    assert sum(r.busy_seconds or 0.0 for r in readings[1:]) == pytest.approx(0.5 * (samples[-1] - samples[0]), rel=0.01)
+    assert all(r.utilization == pytest.approx(0.5, abs=0.01) for r in readings[1:])
+
+
+async def test_every_poll_reads_at_the_default_interval(sim: Callable[..., SimHost]) -> None:
+    host = sim(fleet({"index": 0, "utilization": 0.5}))
+    samples = call_counter(host, "nvmlDeviceGetSamples")
+    for _ in range(10):
+        await host.step(INTERVAL - 0.01)  # a little early, as a real timer can be
+    assert len(samples) == 10
+
+
+async def test_a_short_sample_buffer_is_read_before_it_overflows(sim: Callable[..., SimHost]) -> None:
+    # 6 samples a second apart: the buffer holds 5 s, so it is read every 2.5 s at most.
+    host = sim(fleet({"index": 0, "utilization": 0.5}, nvml={"buffer_samples": 6, "sample_period": "1s"}))
+    samples = call_counter(host, "nvmlDeviceGetSamples")
+    await host.step(10.0)  # fills the buffer, so its span is known from the first read
+    reports = [await host.step(1.0) for _ in range(30)]
+    assert max(b - a for a, b in itertools.pairwise(samples)) <= 2.5
+    assert all("samples_lost" not in errors(r) for r in reports)
+    busy = sum(by_name(r)["nvidia0"].busy_seconds or 0.0 for r in reports)
+    assert busy == pytest.approx(0.5 * (samples[-1] - samples[0]), rel=0.05)
 
 
 async def test_xid_event_becomes_a_counter(sim: Callable[..., SimHost]) -> None:

@@ -30,6 +30,15 @@ MAX_EVENTS_PER_POLL = 256
 NO_DRIVER_REASONS = frozenset({"LibraryNotFound", "DriverNotLoaded", "ImportError", "ModuleNotFoundError"})
 INVENTORY_SECONDS = 60.0  # how often MIG layouts and hot-plugged GPUs are looked for
 REINIT_AFTER_POLLS = 3  # every GPU lost this many polls in a row: re-initialise NVML
+# The energy counter and the utilization sample buffer each cost about 1-3 ms of CPU per call on
+# a GSP-based driver (measured on an H200, driver 580: bench/nvml_cost.py), against microseconds
+# for the rest. Neither loses anything by being read less often than every poll: the counter
+# keeps counting, and the buffer keeps its samples until the next read.
+ENERGY_READ_SECONDS = 10.0
+SAMPLES_READ_SECONDS = 5.0
+# A read is due once this share of its period has passed, so that polls at exactly the period
+# (5 s, the default interval) never skip one to clock jitter.
+DUE_SHARE = 0.75
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
@@ -66,6 +75,10 @@ class _Device:
     # it is kept as a row with accel_device_up 0 instead of hiding every other GPU.
     unreadable: str = ""
     index: int = -1  # NVML enumeration index, to identify an unreadable GPU again
+    energy_read_at: float | None = None
+    samples_read_at: float | None = None
+    # How far back the driver's sample buffer reaches, seen on whole-buffer reads and overflows.
+    buffer_span_seconds: float | None = None
 
 
 class NvmlSource:
@@ -436,8 +449,10 @@ class NvmlSource:
         if not dev.is_mig:  # power and energy are device-wide: read on the physical GPU
             milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
             power = milliwatts / 1000.0 if milliwatts is not None else None
-            millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
-            energy = millijoules / 1000.0 if millijoules is not None else None
+            if _due(dev.energy_read_at, ENERGY_READ_SECONDS, now):
+                dev.energy_read_at = now
+                millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
+                energy = millijoules / 1000.0 if millijoules is not None else None
         processes = () if dev.mig_enabled else self._processes(dev, errors)
         dev.last_poll = now
         return DeviceReading(
@@ -473,12 +488,20 @@ class NvmlSource:
         return int(info.used), int(info.total)
 
     def _activity(self, dev: _Device, errors: Counter[str], now: float) -> tuple[float | None, float, float | None]:
-        """Busy seconds and covered seconds since the last poll, from the driver's sample buffer."""
+        """Busy and covered seconds since the last read of the driver's sample buffer, and the utilization."""
         nvml = self._nvml
         if "nvmlDeviceGetSamples" not in dev.unsupported:
+            if dev.last_seen_us is not None and not _due(dev.samples_read_at, self._samples_period(dev), now):
+                # Between buffer reads: the samples wait in the buffer and are counted at the next read.
+                return 0.0, 0.0, dev.last_utilization
+            dev.samples_read_at = now
+            # Until the buffer is known to hold twice the read period, read it whole (the same cost):
+            # how far back it reaches sets how long reads may be apart. Samples already counted are
+            # skipped by their timestamps.
+            whole = dev.buffer_span_seconds is None or dev.buffer_span_seconds < 2 * SAMPLES_READ_SECONDS
             try:
                 value_type, samples = nvml.nvmlDeviceGetSamples(
-                    dev.handle, nvml.NVML_GPU_UTILIZATION_SAMPLES, dev.last_seen_us or 0
+                    dev.handle, nvml.NVML_GPU_UTILIZATION_SAMPLES, 0 if whole else dev.last_seen_us or 0
                 )
             except nvml.NVMLError_NotFound:
                 return 0.0, 0.0, dev.last_utilization  # no new samples since the last poll
@@ -492,20 +515,32 @@ class NvmlSource:
                 return 0.0, 0.0, dev.last_utilization  # samples stay in the buffer for the next poll
             else:
                 return self._integrate(
-                    dev, value_type, samples, errors, None if dev.last_poll is None else now - dev.last_poll
+                    dev, value_type, samples, errors, None if dev.last_poll is None else now - dev.last_poll, whole
                 )
         return self._point(dev, errors, now)
 
     def _integrate(
-        self, dev: _Device, value_type: int, samples: list[Any], errors: Counter[str], since_last_poll: float | None
+        self,
+        dev: _Device,
+        value_type: int,
+        samples: list[Any],
+        errors: Counter[str],
+        since_last_poll: float | None,
+        whole: bool,
     ) -> tuple[float | None, float, float | None]:
         attr = _VALUE_FIELDS.get(int(value_type), "uiVal")
         points = sorted((int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples)
+        span = (points[-1][0] - points[0][0]) / 1e6
+        if whole:
+            dev.buffer_span_seconds = max(dev.buffer_span_seconds or 0.0, span)
         if dev.last_seen_us is None:
             if since_last_poll is None:
-                # The very first poll: nothing to account yet; start from the newest sample.
+                # The very first poll: nothing to account yet; start from the newest sample. The
+                # gauge shows the buffer's last few seconds, as it will between later reads.
                 dev.last_seen_us = points[-1][0]
-                return 0.0, 0.0, None
+                recent = [v for ts, v in points if ts >= points[-1][0] - SAMPLES_READ_SECONDS * 1e6]
+                dev.last_utilization = min(1.0, max(0.0, sum(recent) / len(recent) / 100.0))
+                return 0.0, 0.0, dev.last_utilization
             # First samples after a poll that had none (driver just started, GPU back from a loss):
             # take the buffer back to the previous poll, measured on the driver's own clock.
             dev.last_seen_us = points[-1][0] - int(since_last_poll * 1_000_000)
@@ -523,8 +558,10 @@ class NvmlSource:
             level = min(1.0, max(0.0, value / 100.0))
             if period_us is not None and ts - previous > 2 * period_us:
                 # The ring buffer overflowed: samples between `previous` and this one are gone.
-                # Count the gap at this sample's level and say so in the self-metrics.
+                # Count the gap at this sample's level and say so in the self-metrics. What came
+                # back is all the buffer holds: read it at least twice as often from now on.
                 errors["samples_lost"] += 1
+                dev.buffer_span_seconds = span
             busy += gap * level
             covered += gap
             previous = ts
@@ -532,6 +569,13 @@ class NvmlSource:
         utilization = busy / covered if covered > 0 else dev.last_utilization
         dev.last_utilization = utilization
         return busy, covered, utilization
+
+    @staticmethod
+    def _samples_period(dev: _Device) -> float:
+        """Seconds between buffer reads: at most SAMPLES_READ_SECONDS, and half what the buffer holds."""
+        if dev.buffer_span_seconds is None:
+            return 0.0
+        return min(SAMPLES_READ_SECONDS, dev.buffer_span_seconds / 2)
 
     def _point(self, dev: _Device, errors: Counter[str], now: float) -> tuple[float | None, float, float | None]:
         rates = self._call(dev, "nvmlDeviceGetUtilizationRates", errors)
@@ -604,6 +648,11 @@ class NvmlSource:
                 CounterDelta("accel_nvidia_xid_errors_total", (("xid", xid),), 1.0)
             )
         return {k: tuple(v) for k, v in found.items()}
+
+
+def _due(last_read: float | None, period: float, now: float) -> bool:
+    """Whether a read done every `period` seconds, last at `last_read`, is due at `now`."""
+    return last_read is None or now - last_read >= period * DUE_SHARE
 
 
 def _handle_key(handle: Any) -> object:
