@@ -20,6 +20,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.sources.nvml import SAMPLES_READ_SECONDS  # noqa: E402
+
 IDLE_SECONDS = 10.0
 LOAD_SECONDS = 20.0
 SAMPLE = re.compile(r"^(accel_[a-z_]+)\{([^}]*)\} (\S+)$")
@@ -68,6 +72,20 @@ def value(text: str, metric: str, device: str) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def has_load_library() -> bool:
     for module in ("torch", "cupy"):
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
@@ -76,7 +94,48 @@ def has_load_library() -> bool:
     return False
 
 
+def probe_driver() -> None:
+    """Print which of the NVML calls the exporter relies on this driver answers, for GPU 0."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        print("driver", pynvml.nvmlSystemGetDriverVersion(), "| GPUs", pynvml.nvmlDeviceGetCount())
+        calls = {
+            "samples (GPU_UTILIZATION)": lambda: pynvml.nvmlDeviceGetSamples(
+                handle, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0
+            ),
+            "utilization rates": lambda: pynvml.nvmlDeviceGetUtilizationRates(handle),
+            "memory v2": lambda: pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2),
+            "power usage": lambda: pynvml.nvmlDeviceGetPowerUsage(handle),
+            "total energy": lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle),
+            "compute processes": lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle),
+            "MIG mode": lambda: pynvml.nvmlDeviceGetMigMode(handle),
+        }
+        for name, call in calls.items():
+            try:
+                result = call()
+                if name.startswith("samples"):
+                    stamps = sorted(int(sample.timeStamp) for sample in result[1])
+                    span = (stamps[-1] - stamps[0]) / 1e6 if stamps else 0.0
+                    shown = f"{len(stamps)} samples over {span:.1f} s"
+                else:
+                    shown = str(result)[:80]
+                print(f"  {name}: ok ({shown})")
+            except pynvml.NVMLError as exc:
+                print(f"  {name}: {exc}")
+            except Exception as exc:  # a binding too old for the call
+                print(f"  {name}: {type(exc).__name__}: {exc}")
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def main() -> int:
+    try:
+        probe_driver()
+    except Exception as exc:
+        print("NVML probe failed:", exc)
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
@@ -117,6 +176,8 @@ def main() -> int:
                     "accel_state{",
                     "accel_processes",
                     "accel_exporter_collector_success",
+                    "accel_exporter_collector_duration_seconds",
+                    "accel_exporter_errors_total",
                     "accel_instance_info",
                 )
             ):
@@ -128,24 +189,36 @@ def main() -> int:
         if before_idle is None:
             print("FAIL: no accel_busy_seconds_total for nvidia0")
             return 1
+        cpu_before = cpu_seconds(proc.pid)
         time.sleep(IDLE_SECONDS)
+        cpu_used = cpu_seconds(proc.pid) - cpu_before
         after_idle = value(scrape(port), "accel_busy_seconds_total", "nvidia0") or 0.0
         idle_rate = (after_idle - before_idle) / IDLE_SECONDS
         print(
             f"\nbefore load: busy_seconds {before_idle:.3f} -> {after_idle:.3f} over {IDLE_SECONDS:.0f} s (utilization {idle_rate:.3f})"
         )
+        print(
+            f"exporter cost at a 1 s interval on the real driver: {100 * cpu_used / IDLE_SECONDS:.2f} % of a core, "
+            f"RSS {rss_mib(proc.pid):.1f} MiB"
+        )
         if not has_load_library():
             print("no PyTorch or CuPy: device lines above, no load proof")
             return 3
         start = value(scrape(port), "accel_busy_seconds_total", "nvidia0") or 0.0
-        load = subprocess.run(
+        load = subprocess.Popen(
             [sys.executable, "-c", LOAD_SCRIPT, str(LOAD_SECONDS)],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=LOAD_SECONDS + 60,
         )
-        print(load.stdout.strip() or load.stderr.strip()[-500:])
-        time.sleep(2.5)  # let the sample buffer reach the exporter
+        time.sleep(LOAD_SECONDS / 2)
+        print(f"\n--- during the load (pid {load.pid}) ---")
+        for line in scrape(port).splitlines():
+            if line.startswith(("accel_process", "accel_utilization_ratio", "accel_state{", "accel_power_watts")):
+                print(line)
+        out, err = load.communicate(timeout=LOAD_SECONDS + 60)
+        print(out.strip() or err.strip()[-500:])
+        time.sleep(SAMPLES_READ_SECONDS + 1.5)  # the next read of the sample buffer covers the whole load
         end = value(scrape(port), "accel_busy_seconds_total", "nvidia0") or 0.0
         load_rate = (end - start) / LOAD_SECONDS
         print(
@@ -164,7 +237,7 @@ def main() -> int:
             proc.kill()
             _, err = proc.communicate()
         print(f"\nexporter exited with {proc.returncode}; last log lines:")
-        print("\n".join((err or "").strip().splitlines()[-8:]))
+        print("\n".join((err or "").strip().splitlines()[-20:]))
 
 
 if __name__ == "__main__":
