@@ -201,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
+    # Renders and NVML polls run on worker threads; a shorter GIL switch interval than the 5 ms
+    # default lets the event loop answer scrapes while they work.
+    sys.setswitchinterval(0.001)
     try:
         status = asyncio.run(Daemon(options, config).run())
     except KeyboardInterrupt:
