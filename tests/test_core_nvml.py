@@ -153,6 +153,16 @@ async def test_utilization_integrated_from_the_sample_buffer(sim: Callable[..., 
     assert devices["nvidia0"].busy_seconds == 0.0
 
 
+async def test_first_poll_shows_the_newest_sample_not_the_history(sim: Callable[..., SimHost]) -> None:
+    # Busy for 3 s before the exporter started, idle since: the gauge says idle from the start,
+    # and the history before the first poll is not counted as busy time.
+    schedule = {"schedule": {"steps": [{"at": "0s", "value": 1.0}, {"at": "3s", "value": 0.0}]}}
+    host = sim(fleet({"index": 0, "utilization": schedule}, {"index": 1, "utilization": 0.5}))
+    first = by_name(await host.step(4.0))
+    assert first["nvidia0"].utilization == 0.0 and first["nvidia0"].busy_seconds == 0.0
+    assert first["nvidia1"].utilization == pytest.approx(0.5, abs=0.01)
+
+
 async def test_memory_uses_v2(sim: Callable[..., SimHost]) -> None:
     host = sim("p4d-idle-fleet")
     versions: list[object] = []

@@ -535,11 +535,11 @@ class NvmlSource:
             dev.buffer_span_seconds = max(dev.buffer_span_seconds or 0.0, span)
         if dev.last_seen_us is None:
             if since_last_poll is None:
-                # The very first poll: nothing to account yet; start from the newest sample. The
-                # gauge shows the buffer's last few seconds, as it will between later reads.
+                # The very first poll: nothing to account yet; start from the newest sample, which
+                # the gauge shows until the next read (history from before we started is not ours
+                # to average: on a real H200 it held the blips of the driver's own start).
                 dev.last_seen_us = points[-1][0]
-                recent = [v for ts, v in points if ts >= points[-1][0] - SAMPLES_READ_SECONDS * 1e6]
-                dev.last_utilization = min(1.0, max(0.0, sum(recent) / len(recent) / 100.0))
+                dev.last_utilization = min(1.0, max(0.0, points[-1][1] / 100.0))
                 return 0.0, 0.0, dev.last_utilization
             # First samples after a poll that had none (driver just started, GPU back from a loss):
             # take the buffer back to the previous poll, measured on the driver's own clock.
