@@ -56,7 +56,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "gauge",
         _D,
         "Busy fraction (0-1) since the previous read of the driver's sample buffer (NVML nvmlDeviceGetSamples, "
-        "read each poll, or every 4-5 s when polls come faster; neuron-monitor neuroncore_utilization). "
+        "read each poll, or about every 5 s when polls come faster; neuron-monitor neuroncore_utilization). "
         "Absent when unknown (MIG without GPM).",
         "device",
     ),
@@ -86,7 +86,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_energy_joules_total",
         "counter",
         _D,
-        "Energy consumed in joules (NVML nvmlDeviceGetTotalEnergyConsumption, read each poll, or every 8-10 s "
+        "Energy consumed in joules (NVML nvmlDeviceGetTotalEnergyConsumption, read each poll, or about every 10 s "
         "when polls come faster), monotonic across driver resets.",
         "device",
     ),
