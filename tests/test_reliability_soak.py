@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -62,9 +61,9 @@ def integral(prices: tuple[tuple[float, float], ...], a: float, b: float) -> flo
     return dollars
 
 
-def test_a_simulated_day_matches_the_ground_truth_in_under_a_minute() -> None:
+def test_a_simulated_day_matches_the_ground_truth() -> None:
+    # How fast a simulated day runs is a benchmark figure (bench/soak.py), not asserted here.
     result = soak.soak(24.0, checkpoints=(1.0, 24.0), check_every=360)
-    assert result.wall_seconds < 60, f"a simulated day took {result.wall_seconds:.1f} s"
     assert result.polls == 24 * 240
     assert result.problems == []
     assert result.watch_problems == []
@@ -121,9 +120,7 @@ def test_churn_six_hours_with_price_changes() -> None:
 
 
 def test_an_hour_served_by_the_real_http_application() -> None:
-    started = time.perf_counter()
     result = asyncio.run(soak.soak_http(1.0))
     assert result.scrapes == 60
     assert result.problems == []
     assert result.watch_problems == []
-    assert time.perf_counter() - started < 30
