@@ -506,6 +506,24 @@ async def test_a_short_sample_buffer_is_read_before_it_overflows(sim: Callable[.
     assert busy == pytest.approx(0.5 * (samples[-1] - samples[0]), rel=0.05)
 
 
+async def test_an_empty_sample_list_is_no_new_samples(sim: Callable[..., SimHost]) -> None:
+    # Some drivers answer an empty list where others raise NVML_ERROR_NOT_FOUND.
+    host = sim(fleet({"index": 0, "utilization": 0.5}))
+    empty = {"on": True}
+    host.wrap("nvmlDeviceGetSamples", lambda original, *a: (1, []) if empty["on"] else original(*a))
+    first = by_name(await host.step(10.0))["nvidia0"]  # the very first read
+    assert first.up and first.busy_seconds == 0.0
+    empty["on"] = False
+    await host.step()
+    empty["on"] = True
+    for _ in range(2):  # later reads
+        reading = by_name(await host.step())["nvidia0"]
+        assert reading.up and reading.busy_seconds == 0.0
+    empty["on"] = False
+    reading = by_name(await host.step())["nvidia0"]
+    assert reading.busy_seconds == pytest.approx(0.5 * 3 * INTERVAL, rel=0.01)  # nothing was lost
+
+
 async def test_xid_event_becomes_a_counter(sim: Callable[..., SimHost]) -> None:
     host = sim(fleet({"index": 0}, {"index": 1, "faults": [{"type": "xid", "xid": 79, "at": "12s"}]}))
     assert all(r.counters == () for r in (await host.step()).devices)

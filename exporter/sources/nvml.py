@@ -530,6 +530,8 @@ class NvmlSource:
     ) -> tuple[float | None, float, float | None]:
         attr = _VALUE_FIELDS.get(int(value_type), "uiVal")
         points = sorted((int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples)
+        if not points:  # an empty answer instead of NVML_ERROR_NOT_FOUND: nothing new either
+            return 0.0, 0.0, dev.last_utilization
         span = (points[-1][0] - points[0][0]) / 1e6
         if whole:
             dev.buffer_span_seconds = max(dev.buffer_span_seconds or 0.0, span)
