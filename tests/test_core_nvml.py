@@ -524,6 +524,34 @@ async def test_an_empty_sample_list_is_no_new_samples(sim: Callable[..., SimHost
     assert reading.busy_seconds == pytest.approx(0.5 * 3 * INTERVAL, rel=0.01)  # nothing was lost
 
 
+async def test_an_unforeseen_failure_on_one_gpu_does_not_hide_the_others(
+    sim: Callable[..., SimHost], caplog: pytest.LogCaptureFixture
+) -> None:
+    host = sim(fleet({"index": 0, "utilization": 0.5}, {"index": 1, "utilization": 0.5}))
+    await host.step()
+    broken = host.source._devices[1].handle
+    failing = {"on": True}
+
+    def power(original: Callable[..., Any], handle: Any) -> Any:
+        if handle is broken and failing["on"]:
+            raise ValueError("a binding bug")
+        return original(handle)
+
+    host.wrap("nvmlDeviceGetPowerUsage", power)
+    for _ in range(3):
+        report = await host.step()
+        devices = by_name(report)
+        assert devices["nvidia0"].up and devices["nvidia0"].busy_seconds is not None
+        assert not devices["nvidia1"].up
+        assert errors(report) == {"unexpected_ValueError": 1}
+    assert sum("unexpected answer from NVML" in r.message for r in caplog.records) == 1  # logged once
+    failing["on"] = False
+    devices = by_name(await host.step())
+    assert devices["nvidia1"].up
+    # Its samples waited in the buffer: the busy time of the failing polls is counted now.
+    assert devices["nvidia1"].busy_seconds == pytest.approx(0.5 * 4 * INTERVAL, rel=0.01)
+
+
 async def test_xid_event_becomes_a_counter(sim: Callable[..., SimHost]) -> None:
     host = sim(fleet({"index": 0}, {"index": 1, "faults": [{"type": "xid", "xid": 79, "at": "12s"}]}))
     assert all(r.counters == () for r in (await host.step()).devices)

@@ -75,6 +75,7 @@ class _Device:
     # it is kept as a row with accel_device_up 0 instead of hiding every other GPU.
     unreadable: str = ""
     index: int = -1  # NVML enumeration index, to identify an unreadable GPU again
+    reported: set[str] = field(default_factory=set)  # unexpected failures already logged
     energy_read_at: float | None = None
     samples_read_at: float | None = None
     # How far back the driver's sample buffer reaches, seen on whole-buffer reads and overflows.
@@ -383,6 +384,18 @@ class NvmlSource:
                 dev.last_seen_us = None  # history after a loss is not trustworthy
                 dev.last_poll = self._clock.monotonic()  # this interval is accounted as down
                 readings_list.append(DeviceReading(identity=dev.identity, up=False))
+            except Exception as exc:  # an answer nobody foresaw must not hide the other GPUs
+                reason = f"unexpected_{type(exc).__name__}"
+                errors[reason] += 1
+                if reason not in dev.reported:
+                    dev.reported.add(reason)
+                    log.error(
+                        "GPU %s: unexpected answer from NVML (%s: %s); it shows accel_device_up 0 while this lasts",
+                        dev.identity.device,
+                        type(exc).__name__,
+                        exc,
+                    )
+                readings_list.append(DeviceReading(identity=dev.identity, up=False))
         self._reinit_if_all_lost(readings_list)
         counters = self._drain_events(errors)
         readings = tuple(readings_list)
@@ -443,9 +456,6 @@ class NvmlSource:
         covered = 0.0
         utilization: float | None = None
         power = energy = None
-        if not dev.is_mig and not dev.mig_enabled:
-            # A GPU in MIG mode reports no activity of its own; its instances have none through NVML.
-            busy, covered, utilization = self._activity(dev, errors, now)
         if not dev.is_mig:  # power and energy are device-wide: read on the physical GPU
             milliwatts = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
             power = milliwatts / 1000.0 if milliwatts is not None else None
@@ -454,6 +464,11 @@ class NvmlSource:
                 millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
                 energy = millijoules / 1000.0 if millijoules is not None else None
         processes = () if dev.mig_enabled else self._processes(dev, errors)
+        if not dev.is_mig and not dev.mig_enabled:
+            # A GPU in MIG mode reports no activity of its own; its instances have none through NVML.
+            # Read last: it consumes samples from the buffer, and a failure in any read above must
+            # leave them there for the next poll.
+            busy, covered, utilization = self._activity(dev, errors, now)
         dev.last_poll = now
         return DeviceReading(
             identity=dev.identity,
