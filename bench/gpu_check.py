@@ -3,7 +3,8 @@
 It starts the exporter from this checkout, scrapes it, prints the device lines, then proves that
 `accel_busy_seconds_total` of GPU 0 stays flat while the GPU is idle and rises under a short load
 (PyTorch or CuPy, when installed). Needs only nvidia-ml-py, prometheus-client, aiohttp and pyyaml.
-Exit status: 0 proven, 1 failed, 3 no load library (device lines printed, no load proof).
+Exit status: 0 proven, 1 failed, 2 no NVIDIA driver or binding here, 3 no load library (device lines
+printed, no load proof).
 Runs in well under 3 minutes.
 """
 
@@ -135,7 +136,8 @@ def main() -> int:
     try:
         probe_driver()
     except Exception as exc:
-        print("NVML probe failed:", exc)
+        print(f"no usable NVIDIA driver here ({type(exc).__name__}: {exc}): make gpu-check needs a GPU host")
+        return 2
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
