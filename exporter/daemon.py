@@ -30,6 +30,9 @@ CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
 STALLED_POLLS = 3  # cycles a stuck source's devices keep their last reading before showing down
 WEDGED_STOP_SECONDS = 0.2
+# Configuration sections a SIGHUP cannot apply: the neuron-monitor subprocess and the pod-resources
+# watcher are built once at start. Every other section takes effect on reload.
+RESTART_SECTIONS = ("neuron", "kubernetes")
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,13 @@ class Daemon:
             log.error("configuration reload refused, keeping the previous one: %s", exc)
             self.ledger.count_error("config", "reload_invalid")
             return False
+        needs_restart = [name for name in RESTART_SECTIONS if getattr(config, name) != getattr(self.config, name)]
+        if needs_restart:
+            log.warning(
+                "configuration reload: %s changed and take%s effect at the next restart; the rest is in force now",
+                " and ".join(needs_restart),
+                "" if len(needs_restart) > 1 else "s",
+            )
         self.config = config
         self.ledger.update_settings(config.accounting)
         provider = self._new_provider(config)

@@ -40,9 +40,10 @@ def wait_for(check: Callable[[], bool], timeout: float = 8.0, what: str = "condi
     pytest.fail(f"timed out waiting for {what}")
 
 
-def write_config(path: Path, price: float, idle_threshold: float = 0.01) -> None:
+def write_config(path: Path, price: float, idle_threshold: float = 0.01, extra: str = "") -> None:
     path.write_text(
         f"accounting:\n  idle_threshold: {idle_threshold}\npricing:\n  instance_types:\n    p4d.24xlarge: {price}\n"
+        + extra
     )
 
 
@@ -113,11 +114,13 @@ def test_counters_survive_a_reload(run_exporter: Callable[..., ExporterProcess],
     series = 'accel_state_seconds_total{device="nvidia0",state="idle_free"}'
     wait_for(lambda: (value(exporter.metrics(), series) or 0.0) >= 1.0, what="some idle seconds")
     before = value(exporter.metrics(), series)
-    write_config(config, 25.0)
+    # Sections built once at start are named in the log; the rest of the file applies at once.
+    write_config(config, 25.0, extra="neuron:\n  period: 2s\nkubernetes:\n  refresh_interval: 60s\n")
     exporter.signal(signal.SIGHUP)
     wait_for(lambda: instance_price(exporter.metrics()) == 25.0, what="the new price")
     after = value(exporter.metrics(), series)
     assert before is not None and after is not None and after >= before
+    assert "neuron and kubernetes changed and take effect at the next restart" in exporter.log()
 
 
 def test_busy_port_exits_with_a_clear_message(free_port: int) -> None:
