@@ -59,6 +59,7 @@ class Daemon:
     def __init__(self, options: Options, config: Config, clock: Clock | None = None) -> None:
         self.options = options
         self.config = config
+        self._built_with = {name: getattr(config, name) for name in RESTART_SECTIONS}  # in force until a restart
         self.clock = clock or SystemClock()
         self.cache = RenderCache()
         self.ledger = Ledger(config.accounting, config.attribution.max_label_values)
@@ -364,7 +365,7 @@ class Daemon:
             log.error("configuration reload refused, keeping the previous one: %s", exc)
             self.ledger.count_error("config", "reload_invalid")
             return False
-        needs_restart = [name for name in RESTART_SECTIONS if getattr(config, name) != getattr(self.config, name)]
+        needs_restart = [name for name in RESTART_SECTIONS if getattr(config, name) != self._built_with[name]]
         if needs_restart:
             log.warning(
                 "configuration reload: %s changed and take%s effect at the next restart; the rest is in force now",

@@ -120,7 +120,10 @@ def test_counters_survive_a_reload(run_exporter: Callable[..., ExporterProcess],
     wait_for(lambda: instance_price(exporter.metrics()) == 25.0, what="the new price")
     after = value(exporter.metrics(), series)
     assert before is not None and after is not None and after >= before
-    assert "neuron and kubernetes changed and take effect at the next restart" in exporter.log()
+    warning = "neuron and kubernetes changed and take effect at the next restart"
+    assert warning in exporter.log()
+    exporter.signal(signal.SIGHUP)  # still true on the next reload: the running settings are the old ones
+    wait_for(lambda: exporter.log().count(warning) == 2, what="the warning again")
 
 
 def test_busy_port_exits_with_a_clear_message(free_port: int) -> None:
