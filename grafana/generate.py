@@ -85,9 +85,17 @@ def _target(t: Target, ref: str) -> Json:
     return out
 
 
+def thresholds(*above: tuple[str, float]) -> Json:
+    """Absolute thresholds: green below the first bound, then each (color, lower bound) in order."""
+    return {
+        "mode": "absolute",
+        "steps": [{"color": "green", "value": None}, *({"color": c, "value": v} for c, v in above)],
+    }
+
+
 def _defaults_for(p: Panel) -> Json:
     base: Json = {"unit": p.unit, "color": {"mode": "palette-classic" if p.type == "timeseries" else "thresholds"}}
-    base["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    base["thresholds"] = thresholds()
     if p.type == "timeseries":
         custom: Json = {
             "drawStyle": "line",
@@ -512,10 +520,7 @@ def fleet_overview() -> Json:
             "Hourly spend on accelerators in state idle_held or idle_free (accel_idle_cost_dollars_total).",
             "currencyUSD",
             rate_sum("accel_idle_cost_dollars_total"),
-            thresholds={
-                "mode": "absolute",
-                "steps": [{"color": "green", "value": None}, {"color": "red", "value": 20}],
-            },
+            thresholds=thresholds(("red", 20)),
         ),
         stat(
             "Waste (time range)",
@@ -524,14 +529,7 @@ def fleet_overview() -> Json:
             "percentunit",
             f"{period_sum('accel_waste_dollars_total')}\n/\n{period_sum('accel_cost_dollars_total')}",
             instant=True,
-            thresholds={
-                "mode": "absolute",
-                "steps": [
-                    {"color": "green", "value": None},
-                    {"color": "orange", "value": 0.3},
-                    {"color": "red", "value": 0.6},
-                ],
-            },
+            thresholds=thresholds(("orange", 0.3), ("red", 0.6)),
         ),
         stat(
             "Projected 30-day idle spend",
@@ -583,14 +581,7 @@ def fleet_overview() -> Json:
                 defaults={
                     "min": 0,
                     "max": 1,
-                    "thresholds": {
-                        "mode": "absolute",
-                        "steps": [
-                            {"color": "green", "value": None},
-                            {"color": "orange", "value": 0.4},
-                            {"color": "red", "value": 0.7},
-                        ],
-                    },
+                    "thresholds": thresholds(("orange", 0.4), ("red", 0.7)),
                 },
             ),
             Panel(
