@@ -41,7 +41,8 @@ from exporter.catalogue import STATES
 from exporter.clock import ManualClock
 from exporter.config import Config, parse_config
 from exporter.context.attribution import RuleAttributor
-from exporter.context.model import UNASSIGNED, HostContext, HostIdentity, PriceQuote
+from exporter.context.metadata import merge_identity
+from exporter.context.model import UNASSIGNED, HostContext, PriceQuote
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
@@ -297,16 +298,7 @@ class AcceleratedFleet:
         self.ledger = Ledger(self.config.accounting, self.config.attribution.max_label_values)
         self.cache = RenderCache(process_metrics=False)
         self.attributor = RuleAttributor(self.config.attribution)
-        host = scenario.host
-        self.identity = HostIdentity(
-            provider=host.provider or "aws",
-            instance_type=host.instance_type or "",
-            instance_id=host.instance_id or "",
-            region=host.region or "",
-            zone=host.zone or "",
-            tags=host.tags,
-            source="demo",
-        )
+        self.identity = merge_identity(None, self.config.host, demo=scenario.host)  # as the daemon's --demo
         self.truth = Truth(scenario, self.config)
         self.polls = 0
         self.last_report: SourceReport | None = None
