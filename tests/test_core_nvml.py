@@ -225,6 +225,19 @@ async def test_processes_with_proc_facts(sim: Callable[..., SimHost]) -> None:
     assert {d: len(r.processes) for d, r in devices.items()} == {f"nvidia{i}": (0 if i < 2 else 1) for i in range(8)}
 
 
+async def test_a_process_on_several_gpus_is_looked_up_once_per_poll(sim: Callable[..., SimHost]) -> None:
+    both = [{"pid": 500, "device": str(i), "memory": "1GiB", "user": "bob"} for i in (0, 1)]
+    host = sim(fleet({"index": 0}, {"index": 1}, processes=both))
+    proc_fs = host.source._proc
+    looked_up: list[int] = []
+    original = proc_fs.facts
+    proc_fs.facts = lambda pid: looked_up.append(pid) or original(pid)  # type: ignore[method-assign]
+    for polls in (1, 2):
+        devices = by_name(await host.step())
+        assert [p.user for d in ("nvidia0", "nvidia1") for p in devices[d].processes] == ["bob", "bob"]
+        assert looked_up == [500] * polls
+
+
 async def test_process_churn(sim: Callable[..., SimHost]) -> None:
     # g6-inference: pid 4000 on GPU 3 every 20 s, living 8 s; the next one is pid 4001.
     host = sim("g6-inference")

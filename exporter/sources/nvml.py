@@ -18,7 +18,7 @@ from typing import Any
 
 from exporter.clock import Clock
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, ProcessReading, SourceReport
-from exporter.sources.procfs import ProcessFactsReader
+from exporter.sources.procfs import ProcessFacts, ProcessFactsReader
 from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -365,9 +365,11 @@ class NvmlSource:
         else:
             self._refresh_inventory()
         readings_list = []
+        # A process on several GPUs (or MIG instances) is looked up in /proc once per poll.
+        facts: dict[int, ProcessFacts | None] = {}
         for dev in self._devices:
             try:
-                readings_list.append(self._read(dev, errors))
+                readings_list.append(self._read(dev, errors, facts))
                 if dev.lost:
                     log.warning("GPU %s answers again", dev.identity.device)
                     dev.lost = False
@@ -447,7 +449,7 @@ class NvmlSource:
             errors["Unknown"] += 1
             return None
 
-    def _read(self, dev: _Device, errors: Counter[str]) -> DeviceReading:
+    def _read(self, dev: _Device, errors: Counter[str], facts: dict[int, ProcessFacts | None]) -> DeviceReading:
         if dev.unreadable:
             raise DeviceLost(dev.unreadable)
         now = self._clock.monotonic()
@@ -463,7 +465,7 @@ class NvmlSource:
                 dev.energy_read_at = now
                 millijoules = self._call(dev, "nvmlDeviceGetTotalEnergyConsumption", errors)
                 energy = millijoules / 1000.0 if millijoules is not None else None
-        processes = () if dev.mig_enabled else self._processes(dev, errors)
+        processes = () if dev.mig_enabled else self._processes(dev, errors, facts)
         if not dev.is_mig and not dev.mig_enabled:
             # A GPU in MIG mode reports no activity of its own; its instances have none through NVML.
             # Read last: it consumes samples from the buffer, and a failure in any read above must
@@ -603,7 +605,9 @@ class NvmlSource:
         dev.last_utilization = level
         return level * dt, dt, level
 
-    def _processes(self, dev: _Device, errors: Counter[str]) -> tuple[ProcessReading, ...]:
+    def _processes(
+        self, dev: _Device, errors: Counter[str], facts: dict[int, ProcessFacts | None]
+    ) -> tuple[ProcessReading, ...]:
         memory_by_pid: dict[int, int | None] = {}
         for kind in ("Compute", "Graphics"):
             listed = None
@@ -622,12 +626,14 @@ class NvmlSource:
                 memory_by_pid[pid] = used_int if previous is None else max(previous, used_int or 0)
         out = []
         for pid, used in sorted(memory_by_pid.items()):
-            facts = self._proc.facts(pid)
-            if facts is None:
+            if pid not in facts:
+                facts[pid] = self._proc.facts(pid)
+            found = facts[pid]
+            if found is None:
                 # NVML lists it but /proc does not: a container without hostPID, or it just exited.
                 out.append(ProcessReading(pid=pid, used_memory_bytes=used))
             else:
-                out.append(ProcessReading(pid, used, facts.user, facts.command, facts.start_time_seconds, facts.cgroup))
+                out.append(ProcessReading(pid, used, found.user, found.command, found.start_time_seconds, found.cgroup))
         return tuple(out)
 
     def _event_device(self, handle: Any) -> _Device | None:
