@@ -17,7 +17,14 @@ import logging
 import aiohttp
 
 from exporter.clock import Clock
-from exporter.context.discovery import Discovered, MetadataFailure, NotThisCloud, bounded_tags, region_from_zone
+from exporter.context.discovery import (
+    MAX_TAGS,
+    Discovered,
+    MetadataFailure,
+    NotThisCloud,
+    bounded_tags,
+    region_from_zone,
+)
 from exporter.context.model import HostIdentity
 
 log = logging.getLogger(__name__)
@@ -96,7 +103,7 @@ class AwsImds:
         listing = await self.get(session, "tags/instance")
         if listing is None:
             return (), False  # InstanceMetadataTags is not enabled
-        keys = [k.strip() for k in listing.splitlines() if k.strip()][:64]
+        keys = [k.strip() for k in listing.splitlines() if k.strip()][:MAX_TAGS]
         values = await asyncio.gather(*(self.get(session, f"tags/instance/{key}") for key in keys))
         return bounded_tags([(k, v) for k, v in zip(keys, values, strict=True) if v is not None]), True
 

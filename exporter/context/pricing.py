@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from exporter.clock import Clock
 from exporter.config.model import PricingSettings
 from exporter.context.aws_api import AwsApi, AwsLookupError, live_pricing_available
-from exporter.context.builtin_prices import BuiltinTable, builtin_table, opencost_accelerator_share
+from exporter.context.builtin_prices import builtin_table, opencost_accelerator_share
 from exporter.context.errors import ErrorCounts, LogOnce
 from exporter.context.model import HostIdentity, PriceQuote
 from exporter.context.price_cache import CachedPrice, PriceCache, cache_key
@@ -63,7 +63,6 @@ class PriceResolver:
         cache: PriceCache,
         live: bool = True,
         api: AwsApi | None = None,
-        table: BuiltinTable | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
@@ -71,10 +70,9 @@ class PriceResolver:
         self._cache = cache
         self._live = live and settings.aws_enabled
         self._api = api or AwsApi(settings.aws_timeout_seconds, settings.aws_endpoint_url)
-        self._table = table or builtin_table()
+        self._table = builtin_table()
         self._once = LogOnce(log)
         self._pending: asyncio.Future[LiveResult] | None = None
-        self._pending_key = ""
         self.last_live_failed = False
 
     # --- the chain ------------------------------------------------------------------------------
@@ -209,7 +207,7 @@ class PriceResolver:
             or self._none(identity)
         )
 
-    async def resolve(self, identity: HostIdentity, use_cache: bool = True) -> PriceQuote:
+    async def resolve(self, identity: HostIdentity) -> PriceQuote:
         """The full chain; waits at most `pricing.aws.timeout` for AWS."""
         self.last_live_failed = False
         configured = self._config(identity)
@@ -217,7 +215,7 @@ class PriceResolver:
             return configured
         self._warn_lifecycle(identity)
         if self._live_applicable(identity):
-            fresh = self._from_cache(identity, None) if use_cache else None
+            fresh = self._from_cache(identity, None)
             if fresh is not None:
                 log.debug("price for %s from the cache (fetched %s)", identity.instance_type, fresh.as_of)
                 return fresh
@@ -256,12 +254,12 @@ class PriceResolver:
                 self.last_live_failed = True
                 return None
             pending, self._pending = self._pending, None
-            if self._pending_key == key:
+            if pending.result().key == key:
                 return self._collect(pending.result())
         future = run_in_thread("aws-price", lambda: self._lookup_blocking(identity, key))
         done, _ = await asyncio.wait({future}, timeout=self._settings.aws_timeout_seconds)
         if not done:
-            self._pending, self._pending_key = future, key
+            self._pending = future
             self._errors.add(COLLECTOR, "timeout")
             self._once.log(
                 "timeout",
