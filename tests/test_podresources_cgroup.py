@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from exporter.context.cgroup import CgroupFacts, parse_cgroup, read_cgroup
+from exporter.context.cgroup import CgroupFacts, parse_cgroup
 
 UID = "3f2a1b4c-1111-2222-3333-444455556666"
 UID_SYSTEMD = UID.replace("-", "_")
@@ -76,15 +73,3 @@ def test_facts_are_frozen() -> None:
     facts = parse_cgroup("0::/system.slice/a.service")
     with pytest.raises(AttributeError):
         facts.unit = "b.service"  # type: ignore[misc]
-
-
-def test_read_cgroup_from_a_proc_tree(tmp_path: Path) -> None:
-    (tmp_path / "42").mkdir()
-    (tmp_path / "42" / "cgroup").write_text(f"0::/system.slice/docker-{CID}.scope\n")
-    assert read_cgroup(42, proc_root=tmp_path) == CgroupFacts(container_id=CID)
-    assert read_cgroup(43, proc_root=tmp_path) is None
-
-
-def test_read_own_cgroup() -> None:
-    # The test process itself: whatever the machine, reading works and gives a CgroupFacts.
-    assert isinstance(read_cgroup(os.getpid()), CgroupFacts)

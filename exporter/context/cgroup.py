@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
 
 # A pod UID is an RFC 4122 UUID (API pods) or 32 hex digits (static pods: a hash of the manifest).
 # The systemd cgroup driver writes the dashes as underscores, since '-' nests slices.
@@ -85,6 +85,8 @@ def _parse_path(path: str) -> CgroupFacts:
     return CgroupFacts(pod_uid=pod_uid, container_id=container_id, unit=unit)
 
 
+# Called for every process on every device each poll, with the same few texts: parse each once.
+@lru_cache(maxsize=1024)
 def parse_cgroup(text: str) -> CgroupFacts:
     """Parse the contents of `/proc/<pid>/cgroup` (v1 or v2) into `CgroupFacts`.
 
@@ -100,12 +102,3 @@ def parse_cgroup(text: str) -> CgroupFacts:
         if facts.unit and unit_only is None:
             unit_only = facts
     return unit_only if unit_only is not None else CgroupFacts()
-
-
-def read_cgroup(pid: int, proc_root: Path = Path("/proc")) -> CgroupFacts | None:
-    """Read and parse `/proc/<pid>/cgroup`; None when the process is gone or unreadable."""
-    try:
-        text = (proc_root / str(pid) / "cgroup").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return parse_cgroup(text)
