@@ -366,8 +366,7 @@ class NeuronSource:
             except asyncio.TimeoutError:
                 return True
             except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    self._ingest(exc.partial)
+                self._ingest(exc.partial)
                 return False
             except asyncio.LimitOverrunError as exc:
                 # readuntil leaves the data in the buffer; drop the line and carry on with the next.
@@ -375,10 +374,6 @@ class NeuronSource:
                 self._debug_log("neuron-monitor line over %d bytes skipped", self._line_limit)
                 if not await self._skip_line(stream, exc.consumed):
                     return False
-                continue
-            except ValueError:
-                # Defensive: readline()-style limit errors from other StreamReader versions.
-                self._errors["oversize"] += 1
                 continue
             self._ingest(line)
 
@@ -396,7 +391,7 @@ class NeuronSource:
             return False
 
     def _ingest(self, line: bytes) -> None:
-        if not line.strip():
+        if not line or line.isspace():  # isspace stops at the first byte of a real line; strip copies it
             return
         try:
             record = parse_line(line)
@@ -431,17 +426,29 @@ class NeuronSource:
         """Every core since the previous poll; never raises."""
         started = self._clock.monotonic()
         try:
+            failure = self._failure(started)
+            if failure is not None:
+                return failure  # before reading /proc: nothing of it would be reported
             # /proc reads and user-name lookups (NSS may ask LDAP/sssd) run in a worker thread; the
             # tracker itself is not thread-safe and stays on the event loop.
             pids = self._tracker.holder_pids()
             read_ahead = await asyncio.to_thread(_read_facts, self._proc_reader, pids) if pids else {}
-            return self._poll(started, _ReadAhead(read_ahead, self._proc_reader))
+            return SourceReport(
+                collector=NAME,
+                devices=self._tracker.readings(_ReadAhead(read_ahead, self._proc_reader)),
+                success=True,
+                duration_seconds=self._clock.monotonic() - started,
+                timestamp=self._clock.time(),
+                errors=self._take_errors(),
+                host_hints=self._tracker.host_hints(),
+            )
         except Exception as exc:  # a bug here must not take the daemon down
             log.exception("neuron source poll failed")
             self._errors["internal"] += 1
             return self._failed(started, f"internal error: {exc}")
 
-    def _poll(self, started: float, proc_reader: ProcessFactsReader) -> SourceReport:
+    def _failure(self, started: float) -> SourceReport | None:
+        """The failed report when there is nothing to report this poll, else None."""
         if self._missing:
             return self._failed(started, not_found_message(self._settings.monitor_path))
         if self._task is None:
@@ -457,16 +464,7 @@ class NeuronSource:
             return self._failed(started, self._down_message("waiting for neuron-monitor's first record"))
         if not (fresh or (alive and recent)):
             return self._failed(started, self._down_message("no record from neuron-monitor"))
-        devices = self._tracker.readings(proc_reader)
-        return SourceReport(
-            collector=NAME,
-            devices=devices,
-            success=True,
-            duration_seconds=self._clock.monotonic() - started,
-            timestamp=self._clock.time(),
-            errors=self._take_errors(),
-            host_hints=self._tracker.host_hints(),
-        )
+        return None
 
     def _down_message(self, default: str) -> str:
         if self._next_start_at is not None:
