@@ -23,7 +23,7 @@ from typing import NamedTuple
 from exporter.context.discovery import region_from_zone
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, HostHints, ProcessReading
 from exporter.sources.neuron_parse import HardwareInfo, InstanceInfo, MonitorRecord, RuntimeReport
-from exporter.sources.procfs import ProcessFactsReader
+from exporter.sources.procfs import ProcessFacts, ProcessFactsReader, process_reading
 
 EXECUTION_METRIC = "accel_neuron_execution_total"
 EXECUTION_ERRORS_METRIC = "accel_neuron_execution_errors_total"
@@ -130,7 +130,7 @@ class CoreTracker:
         if hw is None:
             # Without an inventory there is nothing to attribute to; the source reports the failure.
             return
-        cores = hw.device_count * hw.cores_per_device
+        cores = self.core_count
         # Aligned with record.runtimes (pids are not unique keys: the guide's example has pid 0).
         owned = [self._owned_cores(rt, hw, cores) for rt in record.runtimes]
         self._update_holders(record.runtimes, owned, cores)
@@ -252,7 +252,7 @@ class CoreTracker:
                 physical=True,
                 price_units=1.0,
             )
-            for core in range(hw.device_count * hw.cores_per_device)
+            for core in range(self.core_count)
         )
 
     def readings(self, proc_reader: ProcessFactsReader) -> tuple[DeviceReading, ...]:
@@ -264,10 +264,9 @@ class CoreTracker:
         counters: dict[str, list[CounterDelta]] = {}
         for (metric, labels), value in sorted(self._counters.items()):
             counters.setdefault(labels[0][1], []).append(CounterDelta(metric=metric, labels=labels, value=float(value)))
-        facts_cache: dict[int, ProcessReading] = {}
+        facts_cache: dict[int, ProcessFacts | None] = {}
         out = []
-        for identity in self.identities():
-            core = int(identity.device[len("neuroncore") :])
+        for core, identity in enumerate(self.identities()):  # identities() lists core 0, 1, 2, ...
             holders = self._holders.get(core, ())
             processes = tuple(
                 self._process(h, proc_reader, facts_cache)
@@ -306,29 +305,10 @@ class CoreTracker:
         return tuple(out)
 
     @staticmethod
-    def _process(holder: _Holder, proc_reader: ProcessFactsReader, cache: dict[int, ProcessReading]) -> ProcessReading:
-        base = cache.get(holder.pid)
-        if base is None:
-            facts = proc_reader.facts(holder.pid) if holder.pid > 0 else None
-            if facts is None:
-                # Not visible here (no host PID namespace) or just exited: neuron-monitor still saw it.
-                base = ProcessReading(pid=holder.pid, used_memory_bytes=None)
-            else:
-                base = ProcessReading(
-                    pid=holder.pid,
-                    used_memory_bytes=None,
-                    user=facts.user,
-                    command=facts.command,
-                    start_time_seconds=facts.start_time_seconds,
-                    cgroup=facts.cgroup,
-                )
-            cache[holder.pid] = base
-        return ProcessReading(
-            pid=holder.pid,
-            used_memory_bytes=holder.memory_bytes,
-            user=base.user,
-            command=base.command,
-            start_time_seconds=base.start_time_seconds,
-            cgroup=base.cgroup,
-            runtime_tag=holder.tag,
-        )
+    def _process(
+        holder: _Holder, proc_reader: ProcessFactsReader, cache: dict[int, ProcessFacts | None]
+    ) -> ProcessReading:
+        if holder.pid not in cache:
+            # None when not visible here (no host PID namespace) or just exited: neuron-monitor still saw it.
+            cache[holder.pid] = proc_reader.facts(holder.pid) if holder.pid > 0 else None
+        return process_reading(holder.pid, holder.memory_bytes, cache[holder.pid], holder.tag)

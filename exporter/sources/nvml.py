@@ -18,7 +18,7 @@ from typing import Any
 
 from exporter.clock import Clock
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, ProcessReading, SourceReport
-from exporter.sources.procfs import ProcessFacts, ProcessFactsReader
+from exporter.sources.procfs import ProcessFacts, ProcessFactsReader, process_reading
 from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -627,13 +627,9 @@ class NvmlSource:
         out = []
         for pid, used in sorted(memory_by_pid.items()):
             if pid not in facts:
+                # None when NVML lists it but /proc does not: a container without hostPID, or it just exited.
                 facts[pid] = self._proc.facts(pid)
-            found = facts[pid]
-            if found is None:
-                # NVML lists it but /proc does not: a container without hostPID, or it just exited.
-                out.append(ProcessReading(pid=pid, used_memory_bytes=used))
-            else:
-                out.append(ProcessReading(pid, used, found.user, found.command, found.start_time_seconds, found.cgroup))
+            out.append(process_reading(pid, used, facts[pid]))
         return tuple(out)
 
     def _event_device(self, handle: Any) -> _Device | None:

@@ -9,6 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+from exporter.readings import ProcessReading
+
 
 @dataclass(frozen=True)
 class ProcessFacts:
@@ -18,6 +20,17 @@ class ProcessFacts:
     command: str = ""
     start_time_seconds: float | None = None
     cgroup: str = ""
+
+
+def process_reading(
+    pid: int, used_memory_bytes: int | None, facts: ProcessFacts | None, runtime_tag: str = ""
+) -> ProcessReading:
+    """A device holder with what /proc knows of it; only pid and memory when /proc does not know it."""
+    if facts is None:
+        return ProcessReading(pid, used_memory_bytes, runtime_tag=runtime_tag)
+    return ProcessReading(
+        pid, used_memory_bytes, facts.user, facts.command, facts.start_time_seconds, facts.cgroup, runtime_tag
+    )
 
 
 class ProcessFactsReader(Protocol):
