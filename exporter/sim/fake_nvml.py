@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -385,9 +384,8 @@ class FakeNvml:
 class SimProcFs:
     """The simulator's /proc: facts for the processes alive in the scenario."""
 
-    def __init__(self, fake: FakeNvml, extra: Callable[[int], ProcessFacts | None] | None = None) -> None:
+    def __init__(self, fake: FakeNvml) -> None:
         self._fake = fake
-        self._extra = extra
 
     def facts(self, pid: int) -> ProcessFacts | None:
         """Facts for a simulated pid, or None when it is not alive."""
@@ -397,4 +395,4 @@ class SimProcFs:
                 return ProcessFacts(
                     user=proc.spec.user, command=proc.spec.command, start_time_seconds=wall, cgroup=proc.spec.cgroup
                 )
-        return self._extra(pid) if self._extra else None
+        return None
