@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exporter.config.model import (
     LIFECYCLES,
     RULE_KEYS,
@@ -20,7 +18,7 @@ from exporter.config.model import (
     NeuronSettings,
     PricingSettings,
 )
-from exporter.config.reader import ConfigInvalid, Reader
+from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, yaml_document
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -42,16 +40,9 @@ def load_config(path: str | None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigInvalid([f"not UTF-8 text (bad byte at offset {exc.start})"], path) from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigInvalid([f"not valid YAML{where}: {problem}"], path) from None
-    except RecursionError:
-        raise ConfigInvalid(["not valid YAML: nested too deeply"], path) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigInvalid([f"not valid YAML: {exc}"], path) from None
+        document = yaml_document(text)
+    except YamlProblem as exc:
+        raise ConfigInvalid([str(exc)], path) from None
     return parse_config(document, source=path)
 
 

@@ -12,8 +12,28 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class YamlProblem(Exception):
+    """The text is not a YAML document this exporter can use; the message says where and why."""
+
+
+def yaml_document(text: str) -> Any:
+    """`yaml.safe_load(text)`, with every way it can fail turned into one YamlProblem message."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise YamlProblem(f"not valid YAML{where}: {getattr(exc, 'problem', None) or 'malformed YAML'}") from None
+    except RecursionError:
+        raise YamlProblem("not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise YamlProblem(f"not valid YAML: {exc}") from None
 
 
 class ConfigInvalid(Exception):

@@ -13,10 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exporter.config.model import HostSettings
-from exporter.config.reader import ConfigInvalid, Reader
+from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, yaml_document
 from exporter.sim.patterns import Burst, Constant, Pattern, RandomSteps, Schedule
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
@@ -408,11 +406,7 @@ def load_scenario(name_or_path: str) -> Scenario:
             raise ConfigInvalid([f"cannot read the scenario: {exc}"], name_or_path) from None
         source = name_or_path
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigInvalid([f"not valid YAML: {getattr(exc, 'problem', None) or exc}"], source) from None
-    except RecursionError:
-        raise ConfigInvalid(["not valid YAML: nested too deeply"], source) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigInvalid([f"not valid YAML: {exc}"], source) from None
+        document = yaml_document(text)
+    except YamlProblem as exc:
+        raise ConfigInvalid([str(exc)], source) from None
     return parse_scenario(document, source)

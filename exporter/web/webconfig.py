@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+
+from exporter.config.reader import YamlProblem, yaml_document
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +145,9 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     except UnicodeDecodeError as exc:
         raise WebConfigInvalid(f"web config {file}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise WebConfigInvalid(f"web config {file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    except RecursionError:
-        raise WebConfigInvalid(f"web config {file}: not valid YAML: nested too deeply") from None
-    except (ValueError, OverflowError) as exc:  # PyYAML's int conversion: more than 4300 digits
-        raise WebConfigInvalid(f"web config {file}: unusable value: {str(exc)[:120]}") from None
+        data = yaml_document(text)
+    except YamlProblem as exc:
+        raise WebConfigInvalid(f"web config {file}: {exc}") from None
     errors: list[str] = []
     try:
         config = _parse(data, file.resolve().parent, errors)
