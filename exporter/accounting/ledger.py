@@ -6,17 +6,18 @@ the end of it, so dollars always equal price x seconds exactly, whatever the pol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from exporter import __version__
 from exporter.accounting.labelcap import LabelCap
 from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, ProcessSnapshot, Snapshot
-from exporter.accounting.states import ACTIVE, IDLE_STATES, classify
+from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
 from exporter.context.labels import sanitize_label
-from exporter.context.model import UNASSIGNED, Attributor, HostContext, Owner, PodFacts
+from exporter.context.model import UNASSIGNED, Attributor, HostContext, HostIdentity, Owner, PodFacts, PriceQuote
 from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
 
 SECONDS_PER_HOUR = 3600.0
@@ -31,12 +32,11 @@ class _DeviceBook:
     """Everything that accumulates for one device."""
 
     collector: str
-    identity: DeviceIdentity
     first_seen: float
     last_time: float
     last_active: float
     reading: DeviceReading
-    state: str = "idle_free"
+    state: str = IDLE_FREE
     owner: Owner = field(default_factory=Owner)
     processes: tuple[ProcessSnapshot, ...] = ()
     busy_total: float = 0.0
@@ -48,6 +48,11 @@ class _DeviceBook:
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
     waste: dict[tuple[str, str], float] = field(default_factory=dict)
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        """The device as of its latest reading."""
+        return self.reading.identity
 
 
 @dataclass
@@ -88,11 +93,12 @@ class Ledger:
             return  # the late report will cover this interval when it arrives
         if any(r.up for r in report.devices):
             self._collectors[report.collector].last_sample = report.timestamp
-        host = context.attributor.host_owner(context.identity)  # once per report, not per device
+        attributor = context.attributor
+        host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         for reading in report.devices:
             seen.add(reading.identity.device)
-            self._ingest_device(report.collector, reading, now, host)
+            self._ingest_device(report.collector, reading, now, host, attributor)
         missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
@@ -102,19 +108,13 @@ class Ledger:
             # The source could not read its devices at all (neuron-monitor down): the ones it had
             # stay, shown down, and keep accruing time and cost like a lost GPU.
             for name in missing:
-                self._ingest_device(report.collector, DeviceReading(self._devices[name].identity, up=False), now, host)
+                down = DeviceReading(self._devices[name].identity, up=False)
+                self._ingest_device(report.collector, down, now, host, attributor)
         self._reprice(context)
 
-    def record_collector(
-        self,
-        name: str,
-        success: bool,
-        duration: float,
-        timestamp: float | None,
-        errors: Mapping[str, int] | None = None,
-    ) -> None:
+    def record_collector(self, name: str, success: bool, duration: float, timestamp: float | None) -> None:
         """Self-metrics for a collector that is not a device source (price, metadata, kubernetes)."""
-        self._record(name, success, duration, tuple((errors or {}).items()))
+        self._record(name, success, duration, ())
         if success and timestamp is not None:
             self._collectors[name].last_sample = timestamp
 
@@ -133,14 +133,15 @@ class Ledger:
     def _reprice(self, context: HostContext) -> None:
         self._prices = device_prices(context.price, [b.identity for b in self._devices.values()])
 
-    def _ingest_device(self, collector: str, reading: DeviceReading, now: float, host: Owner) -> None:
+    def _ingest_device(
+        self, collector: str, reading: DeviceReading, now: float, host: Owner, attributor: Attributor
+    ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
         if book is None:
-            book = self._devices[name] = _DeviceBook(collector, reading.identity, now, now, now, reading)
+            book = self._devices[name] = _DeviceBook(collector, now, now, now, reading)
         dt = max(0.0, now - book.last_time)
         book.last_time = now
-        book.identity = reading.identity
         book.reading = reading
         settings = self._settings
         state = classify(reading, settings.idle_threshold)
@@ -152,7 +153,7 @@ class Ledger:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
         self._energy(book, reading.energy_joules)
-        book.processes, book.owner = self._owners(reading, host)
+        book.processes, book.owner = self._owners(reading, host, attributor)
         for delta in reading.counters:
             key = (delta.metric, delta.labels)
             book.counters[key] = book.counters.get(key, 0.0) + delta.value
@@ -183,26 +184,22 @@ class Ledger:
             book.energy_total += raw - book.energy_raw if raw >= book.energy_raw else raw
         book.energy_raw = raw
 
-    def _owners(self, reading: DeviceReading, host: Owner) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
-        context = self._context
-        assert context is not None
-        attributor = context.attributor
+    def _capped(self, owner: Owner) -> Owner:
+        """The owner with team and workload counted against the label cap (overflow becomes `other`)."""
+        return replace(
+            owner, team=self._cap.admit("team", owner.team), workload=self._cap.admit("workload", owner.workload)
+        )
+
+    def _owners(
+        self, reading: DeviceReading, host: Owner, attributor: Attributor
+    ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
             owner = attributor.process_owner(proc)
             if not owner.team:
-                owner = Owner(
-                    host.team, owner.workload or host.workload, owner.pod, owner.namespace, owner.container, owner.unit
-                )
-            owner = Owner(
-                self._cap.admit("team", owner.team),
-                self._cap.admit("workload", owner.workload),
-                owner.pod,
-                owner.namespace,
-                owner.container,
-                owner.unit,
-            )
+                owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
+            owner = self._capped(owner)
             processes.append(
                 ProcessSnapshot(
                     proc.pid,
@@ -223,9 +220,7 @@ class Ledger:
         elif pod_owner is not None:
             device_owner = pod_owner
         else:
-            device_owner = Owner(
-                self._cap.admit("team", host.team or UNASSIGNED), self._cap.admit("workload", host.workload)
-            )
+            device_owner = self._capped(Owner(host.team or UNASSIGNED, host.workload))
         processes.sort(key=lambda p: (-(p.memory_bytes or 0), p.pid))
         limit = self._settings.max_processes_per_device if self._settings.export_processes else 0
         return tuple(processes[:limit]), device_owner
@@ -241,7 +236,7 @@ class Ledger:
         for pod in pods:
             owner = attributor.pod_owner(pod)
             if owner.team:
-                return Owner(self._cap.admit("team", owner.team), self._cap.admit("workload", owner.workload))
+                return self._capped(Owner(owner.team, owner.workload))
         return None
 
     # --- output -------------------------------------------------------------------------------
@@ -259,8 +254,8 @@ class Ledger:
         return Snapshot(
             version=self._version,
             devices=devices,
-            identity=context.identity if context else _empty_context().identity,
-            price=context.price if context else _empty_context().price,
+            identity=context.identity if context else HostIdentity(),
+            price=context.price if context else PriceQuote(),
             collectors=collectors,
             errors=tuple(sorted(self._errors.items())),
             label_overflow=tuple(sorted((k, float(v)) for k, v in self._cap.overflow.items())),
@@ -293,32 +288,6 @@ class Ledger:
         )
 
 
-def _natural(name: str) -> tuple[object, ...]:
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort nvidia2 before nvidia10."""
-    parts: list[object] = []
-    digits = ""
-    text = ""
-    for ch in name:
-        if ch.isdigit():
-            if text:
-                parts.append(text)
-                text = ""
-            digits += ch
-        else:
-            if digits:
-                parts.append(int(digits))
-                digits = ""
-            text += ch
-    if digits:
-        parts.append(int(digits))
-    if text:
-        parts.append(text)
-    return tuple((0, p) if isinstance(p, int) else (1, p) for p in parts)
-
-
-def _empty_context() -> HostContext:
-    from exporter.config.model import AttributionSettings
-    from exporter.context.attribution import RuleAttributor
-    from exporter.context.model import HostIdentity, PriceQuote
-
-    return HostContext(HostIdentity(), PriceQuote(), RuleAttributor(AttributionSettings()))
+    return tuple((0, int(part)) if part.isdecimal() else (1, part) for part in re.split(r"(\d+)", name) if part)
