@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_HELD
+
 MetricType = Literal["gauge", "counter", "info"]
 
 
@@ -238,7 +240,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
 
-STATES: tuple[str, ...] = ("active", "idle_held", "idle_free")
+STATES: tuple[str, ...] = (ACTIVE, IDLE_HELD, IDLE_FREE)
 
 
 def spec(name: str) -> MetricSpec:
