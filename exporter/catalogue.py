@@ -24,11 +24,6 @@ class MetricSpec:
     help: str
     group: str
 
-    @property
-    def sample_name(self) -> str:
-        """The name a sample carries in the text exposition (counters end in `_total`)."""
-        return self.name
-
 
 def _m(name: str, type_: MetricType, labels: tuple[str, ...], help_: str, group: str) -> MetricSpec:
     return MetricSpec(name=name, type=type_, labels=labels, help=help_, group=group)
@@ -246,8 +241,3 @@ STATES: tuple[str, ...] = (ACTIVE, IDLE_HELD, IDLE_FREE)
 def spec(name: str) -> MetricSpec:
     """Return the catalogue entry for `name`; a KeyError names a metric missing from the catalogue."""
     return BY_NAME[name]
-
-
-def exposed_sample_names() -> frozenset[str]:
-    """Every sample name a scrape can contain (counters carry `_total` in their name already)."""
-    return frozenset(BY_NAME)

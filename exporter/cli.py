@@ -14,11 +14,10 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.config import ConfigInvalid, load_config, parse_duration
-from exporter.daemon import Daemon, Options
+from exporter.daemon import DEFAULT_PORT, Daemon, Options
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.webconfig import WebConfigInvalid, load_web_config
 
-DEFAULT_PORT = 11094
 # Team rules for the built-in scenarios, used by --demo when no --config.file is given.
 DEMO_CONFIG = Path(__file__).resolve().parent / "sim" / "demo-config.yaml"
 log = logging.getLogger("exporter")

@@ -26,6 +26,7 @@ from exporter.web.server import build_app, parse_listen_address
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PORT = 11094  # outside the 9100-9999 range allocated to other exporters
 CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
 STALLED_POLLS = 3  # cycles a stuck source's devices keep their last reading before showing down
@@ -39,7 +40,7 @@ RESTART_SECTIONS = ("neuron", "kubernetes")
 class Options:
     """Command-line settings (the YAML file is `Config`)."""
 
-    listen_addresses: tuple[str, ...] = (":11094",)
+    listen_addresses: tuple[str, ...] = (f":{DEFAULT_PORT}",)
     telemetry_path: str = "/metrics"
     web_config_file: str | None = None
     config_file: str | None = None
@@ -337,9 +338,7 @@ class Daemon:
             )
         except Exception as exc:  # a source must not raise, but one bug must not stop the loop
             log.exception("%s poll raised", name)
-            del self._pending[name]
-            self._stalled.pop(name, None)
-            return SourceReport(name, (), False, 0.0, self.clock.time(), ((type(exc).__name__, 1),), complete=False)
+            report = SourceReport(name, (), False, 0.0, self.clock.time(), ((type(exc).__name__, 1),), complete=False)
         del self._pending[name]
         self._stalled.pop(name, None)
         return report

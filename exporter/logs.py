@@ -21,15 +21,19 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
+def _level(record: logging.LogRecord) -> str:
+    # Prometheus' own log level names: warn, not warning.
+    return "warn" if record.levelno == logging.WARNING else record.levelname.lower()
+
+
 class LogfmtFormatter(logging.Formatter):
     """`ts=... level=info logger=exporter.daemon msg="..."`"""
 
     def format(self, record: logging.LogRecord) -> str:
         """One logfmt line."""
-        level = "warn" if record.levelno == logging.WARNING else record.levelname.lower()
         parts = [
             f"ts={_timestamp(record)}",
-            f"level={level}",
+            f"level={_level(record)}",
             f"logger={record.name}",
             f"msg={_logfmt_value(record.getMessage())}",
         ]
@@ -43,8 +47,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """One JSON line."""
-        level = "warn" if record.levelno == logging.WARNING else record.levelname.lower()
-        event = {"ts": _timestamp(record), "level": level, "logger": record.name, "msg": record.getMessage()}
+        event = {"ts": _timestamp(record), "level": _level(record), "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             event["error"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False)

@@ -6,7 +6,7 @@ handed between the sampler thread, the event loop and the tests without copying.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -109,4 +109,3 @@ class SourceReport:
     stalled: bool = False
     host_hints: HostHints | None = None
     message: str = ""
-    extra_counters: tuple[CounterDelta, ...] = field(default=())

@@ -51,11 +51,6 @@ class PriceCache:
         self._once = LogOnce(log)
         self._load()
 
-    @property
-    def path(self) -> Path | None:
-        """Where the cache lives; None when there is no state directory."""
-        return self._path
-
     def _load(self) -> None:
         if self._path is None:
             return

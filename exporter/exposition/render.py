@@ -66,7 +66,6 @@ class RenderCache:
         self._text: Rendered | None = None
         self._openmetrics: Rendered | None = None
         self.version = 0
-        self.renders = 0
         self._latest: Snapshot | None = None
         self._inflight: asyncio.Future[tuple[Rendered, Rendered]] | None = None
         self._inflight_version = -1
@@ -79,7 +78,6 @@ class RenderCache:
         families = _Collected(list(self._registry.collect()))  # build the families once, encode twice
         text = _pack(generate_latest(families), TEXT_CONTENT_TYPE)
         openmetrics = _pack(generate_openmetrics(families), OPENMETRICS_CONTENT_TYPE)  # type: ignore[no-untyped-call]
-        self.renders += 1
         return text, openmetrics
 
     def update(self, snapshot: Snapshot) -> None:

@@ -399,11 +399,6 @@ class WebConfigWatcher:
             self._ssl.sni_callback = self._on_handshake
         self.last_error = ""
 
-    @property
-    def path(self) -> Path:
-        """The watched file."""
-        return self._path
-
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's SSLContext (the same object for the process's lifetime), or None for plain HTTP."""
         return self._ssl
