@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from exporter.clock import Clock
@@ -42,6 +42,7 @@ SYSTEM_GROUPS = ("neuron_hw_counters", "memory_info")
 # SIGTERM -> SIGKILL wait on stop. The daemon gives every source's stop() 1.5 s
 # (daemon.SHUTDOWN_GRACE_SECONDS); this leaves room to kill, reap and clean up inside it.
 DEFAULT_STOP_TIMEOUT_SECONDS = 0.8
+HEALTHY_AFTER_SECONDS = 60.0  # a run this long that produced records resets the restart backoff
 
 
 def neuron_auto_enabled(settings: NeuronSettings) -> bool:
@@ -116,26 +117,19 @@ class NeuronSource:
         clock: Clock,
         proc_reader: ProcessFactsReader,
         *,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
         line_limit_bytes: int = DEFAULT_LINE_LIMIT,
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
-        healthy_after_seconds: float = 60.0,
         stall_timeout_seconds: float | None = None,
         stop_timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS,
-        host_name: str | None = None,
     ) -> None:
-        """`env` adds variables to the inherited environment of the child; `extra_args` follow `-c CONFIG`."""
+        """The keyword arguments are limits and waits; tests shorten them."""
         self._settings = settings
         self._clock = clock
         self._proc_reader = proc_reader
-        self._extra_args = tuple(extra_args)
-        self._env = dict(env) if env is not None else None
         self._line_limit = line_limit_bytes
         self._backoff_initial = backoff_initial_seconds
         self._backoff_max = max(backoff_max_seconds, backoff_initial_seconds)
-        self._healthy_after = healthy_after_seconds
         period = settings.period_seconds
         # A healthy monitor writes a line every period; a few missed periods mean it is stuck.
         self._stall_timeout = stall_timeout_seconds if stall_timeout_seconds is not None else max(4 * period, 20.0)
@@ -143,7 +137,7 @@ class NeuronSource:
         self._stop_timeout = stop_timeout_seconds
         # The first record's capture lasts ~0.5-14 ms; half a period (at most 0.5 s) tells it apart
         # from a real one also when tests run neuron-monitor with sub-second periods.
-        self._tracker = CoreTracker(host_name or socket.gethostname(), min_period=min(MIN_PERIOD_SECONDS, period / 2))
+        self._tracker = CoreTracker(socket.gethostname(), min_period=min(MIN_PERIOD_SECONDS, period / 2))
         self._errors: Counter[str] = Counter()
         self._config_dir: Path | None = None
         self._config_path: Path | None = None
@@ -279,7 +273,7 @@ class NeuronSource:
             ran_ok = await self._run_once(path)
             if self._stopping.is_set():
                 break
-            if ran_ok and time.monotonic() - started >= self._healthy_after:
+            if ran_ok and time.monotonic() - started >= HEALTHY_AFTER_SECONDS:
                 delay = self._backoff_initial
             wait = delay * random.uniform(0.8, 1.2)
             self._restarts += 1
@@ -311,18 +305,15 @@ class NeuronSource:
     async def _run_once(self, path: str) -> bool:
         """Run one neuron-monitor until it exits or stalls; True when it produced records."""
         assert self._config_path is not None
-        env = None if self._env is None else {**os.environ, **self._env}
         try:
             proc = await asyncio.create_subprocess_exec(
                 path,
                 "-c",
                 str(self._config_path),
-                *self._extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=self._line_limit,
-                env=env,
                 start_new_session=True,
             )
         except OSError as exc:
