@@ -142,8 +142,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         self._build_sources()
+        self._start_kubernetes()  # before the provider, which takes its pod lookup
         self.provider = self._new_provider(self.config)
-        self._start_kubernetes()
         self._publish()
         try:
             await self._serve()
@@ -258,8 +258,6 @@ class Daemon:
             return
         self._pods = watcher
         self._tasks.append(asyncio.create_task(watcher.run(), name="kubernetes"))
-        assert self.provider is not None
-        self.provider.set_pod_lookup(lambda facts: watcher.assignments.for_cgroup(facts))
         self.ledger.set_device_pods(lambda identity: pods_for_device(watcher.assignments, identity))
 
     def _record_context(self) -> None:
