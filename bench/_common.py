@@ -41,6 +41,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon and RssFile of a process in KiB, from /proc/<pid>/status."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
 def start_demo_exporter(
     scenario: str | Path, interval: str, extra_args: Sequence[str] = (), ready_within: float = 30.0
 ) -> tuple[subprocess.Popen[bytes], int]:

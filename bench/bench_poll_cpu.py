@@ -27,21 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import FLEET_64_CONFIG, cpu_seconds, start_demo_exporter  # noqa: E402
+from bench._common import FLEET_64_CONFIG, cpu_seconds, memory_kib, start_demo_exporter  # noqa: E402
 
 SCRAPE_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "Accept-Encoding": "gzip",
 }
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def scrape(port: int) -> int:

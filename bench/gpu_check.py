@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import cpu_seconds, free_port, memory_kib  # noqa: E402
 from exporter.sources.nvml import SAMPLES_READ_SECONDS  # noqa: E402
 
 IDLE_SECONDS = 10.0
@@ -54,12 +54,6 @@ except ImportError:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
@@ -71,20 +65,6 @@ def value(text: str, metric: str, device: str) -> float | None:
         if match and match.group(1) == metric and f'device="{device}"' in match.group(2):
             return float(match.group(3))
     return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of a process in MiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def has_load_library() -> bool:
@@ -201,7 +181,7 @@ def main() -> int:
         )
         print(
             f"exporter cost at a 1 s interval on the real driver: {100 * cpu_used / IDLE_SECONDS:.2f} % of a core, "
-            f"RSS {rss_mib(proc.pid):.1f} MiB"
+            f"RSS {memory_kib(proc.pid)['VmRSS'] / 1024:.1f} MiB"
         )
         if not has_load_library():
             print("no PyTorch or CuPy: device lines above, no load proof")
