@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m exporter --demo $(DEMO) --web.listen-address $(LISTEN) --collector.interval 1s
 
-## All tests (needs promtool, amtool and alertmanager: Debian packages prometheus, prometheus-alertmanager)
+## All tests (needs prometheus, promtool, alertmanager, amtool, systemd-analyze, kubectl; stops at once naming any that is missing)
 test: $(STAMP)
 	$(PY) -m pytest -q
 

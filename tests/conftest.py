@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,57 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Programs the suite runs for real, and the Debian package that brings each. A missing one stops
+# the run at once with one message, instead of a page of skips that hides what was not tested.
+EXTERNAL_TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
+    "promtool": (("promtool",), "prometheus"),
+    "prometheus": (("prometheus",), "prometheus"),
+    "amtool": (("amtool",), "prometheus-alertmanager"),
+    "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
+    "systemd-analyze": (("systemd-analyze",), "systemd"),
+    "kubectl": (("kubectl",), "kubectl"),
+}
+# A developer may run a subset without the tools; CI never may.
+OPTIONAL_TOOLS_ENV = "ACCEL_TEST_TOOLS"
+
+
+def missing_tools() -> dict[str, str]:
+    """Each external tool that is not on the PATH, with the Debian package to install."""
+    return {
+        name: package
+        for name, (commands, package) in EXTERNAL_TOOLS.items()
+        if not any(shutil.which(command) for command in commands)
+    }
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop before the first test when a tool the suite runs for real is missing."""
+    missing = missing_tools()
+    if not missing or (os.environ.get(OPTIONAL_TOOLS_ENV) == "optional" and not _in_ci()):
+        return
+    packages = " ".join(sorted(set(missing.values())))
+    pytest.exit(
+        f"missing tools: {', '.join(sorted(missing))}. Install them with `apt-get install {packages}` "
+        f"(.ci/run does), or set {OPTIONAL_TOOLS_ENV}=optional to skip the tests that need them "
+        "(refused under CI=true).",
+        returncode=4,
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true a skipped test is a failure: nothing may go untested without a word."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {report.longrepr}"
 
 
 def pick_free_port() -> int:

@@ -47,16 +47,14 @@ ALERT_RULES = ROOT / "alerts" / "accel-cost.alerts.yml"
 AM_CONFIG = ROOT / "alerts" / "alertmanager.example.yml"
 GRAFANA = ROOT / "grafana"
 PYTHON = ROOT / ".venv" / "bin" / "python"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-ALERTMANAGER = (
-    shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") or "/usr/bin/prometheus-alertmanager"
-)
+PROMETHEUS = shutil.which("prometheus") or ""
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") or ""
 REQUIRED_SCENARIOS = ("p4d-idle-fleet", "g6-inference", "inf2-inference")
 WANTED_SCENARIOS = (*REQUIRED_SCENARIOS, "a100-mig")
 JOB = "accel"
 
 pytestmark = pytest.mark.skipif(
-    not (Path(PROMETHEUS).exists() and Path(ALERTMANAGER).exists()),
+    not (PROMETHEUS and ALERTMANAGER),
     reason="needs prometheus and prometheus-alertmanager (apt-get install prometheus prometheus-alertmanager)",
 )
 
