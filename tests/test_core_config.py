@@ -118,6 +118,20 @@ def test_file_errors(tmp_path: Path) -> None:
         load_config(str(binary))
 
 
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yml"
+    twice.write_text("accounting:\n  idle_threshold: 0.1\nhost: {}\naccounting:\n  target_utilization: 0.5\n")
+    with pytest.raises(ConfigInvalid, match=r"duplicate key 'accounting' at lines 1 and 4"):
+        load_config(str(twice))
+    nested = tmp_path / "nested.yml"
+    nested.write_text("attribution:\n  rules:\n    - {match: {user: a}, team: x, team: y}\n")
+    with pytest.raises(ConfigInvalid, match=r"duplicate key 'team' at lines 3 and 3"):
+        load_config(str(nested))
+    merged = tmp_path / "merged.yml"  # a merge key's values may be overridden: that is not a duplicate
+    merged.write_text("host:\n  tags: &t {Team: a}\naccounting: {}\n")
+    assert dict(load_config(str(merged)).host.tags) == {"Team": "a"}
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("5s", 5.0), ("250ms", 0.25), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86400.0), (3, 3.0), ("7", 7.0)],

@@ -22,10 +22,31 @@ class YamlProblem(Exception):
     """The text is not a YAML document this exporter can use; the message says where and why."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice: YAML says keys are unique, and
+    PyYAML would otherwise keep the last one silently, so half of a section could vanish."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first_line:
+                raise YamlProblem(
+                    f"duplicate key {key_node.value!r} at lines {first_line[key_node.value]} and {line}: "
+                    "keep one of them"
+                )
+            first_line[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def yaml_document(text: str) -> Any:
-    """`yaml.safe_load(text)`, with every way it can fail turned into one YamlProblem message."""
+    """`yaml.safe_load(text)`, with every way it can fail turned into one YamlProblem message.
+
+    A key given twice in one mapping is refused, naming the key and both lines."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
