@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -171,6 +172,13 @@ def _check_web_config(path: str | None) -> None:
         load_web_config(path)
 
 
+def _scenario_line(name: str, description: str) -> str:
+    """One `--demo list` entry: the name, then the whole description wrapped at word boundaries."""
+    indent = " " * 19
+    text = " ".join(description.split())
+    return textwrap.fill(text, width=100, initial_indent=f"{name:18} ", subsequent_indent=indent)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `accel-cost-exporter` and `python -m exporter`."""
     args = build_parser().parse_args(argv)
@@ -178,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.sim.scenario import builtin_scenarios, load_scenario
 
         for name in builtin_scenarios():
-            print(f"{name:18} {load_scenario(name).description.splitlines()[0][:100]}")
+            print(_scenario_line(name, load_scenario(name).description))
         return 0
     try:
         options = options_from_args(args)

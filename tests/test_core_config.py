@@ -11,7 +11,7 @@ from conftest import ROOT, exporter_env
 
 from exporter.cli import build_parser, options_from_args
 from exporter.config import ConfigInvalid, load_config, parse_config, parse_duration
-from exporter.sim.scenario import builtin_scenarios
+from exporter.sim.scenario import builtin_scenarios, load_scenario
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -266,6 +266,16 @@ def test_cli_version() -> None:
 def test_cli_demo_list() -> None:
     result = run_cli("--demo", "list")
     assert result.returncode == 0, result.stderr
-    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
-    assert names == builtin_scenarios()
-    assert {"p4d-idle-fleet", "a100-mig", "g6-inference"} <= set(names)
+    entries: dict[str, str] = {}
+    current = ""
+    for line in result.stdout.splitlines():
+        if line.startswith(" "):  # a wrapped description goes on, indented
+            entries[current] += " " + line.strip()
+        elif line.strip():
+            current, _, first = line.partition(" ")
+            entries[current] = first.strip()
+    assert list(entries) == builtin_scenarios()
+    assert {"p4d-idle-fleet", "a100-mig", "g6-inference", "trn1-training"} <= set(entries)
+    for name, text in entries.items():  # whole descriptions, never cut mid-word
+        assert text == " ".join(load_scenario(name).description.split())
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
