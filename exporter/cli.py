@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """Validate flag values; raises ValueError with the flag's name."""
+    # Like Prometheus' own flags, a duration flag needs its unit: a bare "5" could mean seconds or
+    # milliseconds to the reader. (Bare numbers of seconds stay valid inside the YAML file.)
+    if str(args.interval).strip().replace(".", "", 1).isdigit():
+        raise ValueError(
+            f"--collector.interval: give a unit, e.g. '{str(args.interval).strip()}s'; found {args.interval!r}"
+        )
     interval = parse_duration(args.interval)
     if interval is None or not 0.1 <= interval <= 3600:
         raise ValueError(

@@ -197,6 +197,12 @@ def test_cli_bad_flag_value() -> None:
     assert "--collector.interval" in line and "'fast'" in line
 
 
+def test_cli_interval_needs_a_unit_like_prometheus_flags() -> None:
+    line = assert_one_line_error(run_cli("--collector.interval", "5", "--check-config"))
+    assert "give a unit, e.g. '5s'" in line
+    assert run_cli("--collector.interval", "5s", "--check-config").returncode == 0
+
+
 def test_cli_bad_log_level() -> None:
     line = assert_one_line_error(run_cli("--log.level", "loud"))
     assert "--log.level" in line
