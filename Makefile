@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO ?= p4d-idle-fleet
 LISTEN ?= :11094
 
-.PHONY: demo test lint docs bench reliability gpu-check clean venv
+.PHONY: demo test test-fast lint docs dist bench reliability gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,16 @@ demo: $(STAMP)
 ## All tests (needs prometheus, promtool, alertmanager, amtool, systemd-analyze, kubectl; stops at once naming any that is missing)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## The inner loop: every test not marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+## Build the sdist and the wheel into dist/ and check them
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter tests bench grafana deploy
@@ -48,4 +58,4 @@ gpu-check:
 	$(PYTHON) bench/gpu_check.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build
