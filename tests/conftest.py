@@ -63,6 +63,36 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     )
 
 
+# Modules that start several processes, real Prometheus/Alertmanager, long simulations or package
+# builds: `make test-fast` (-m "not slow") leaves them out; `make test` runs everything. Measured
+# with --durations on a 2-core machine: each of these takes 5-50 s, the rest well under 60 s together.
+SLOW_MODULES = frozenset(
+    {
+        "test_alerts_promtool",
+        "test_context_aws_pricing",
+        "test_core_promtool",
+        "test_core_slow_poll",
+        "test_e2e_bundle",
+        "test_money_demo",
+        "test_packaging",
+        "test_reliability_faults",
+        "test_reliability_fuzz",
+        "test_reliability_hang",
+        "test_reliability_signals",
+        "test_reliability_soak",
+        "test_reliability_storm",
+        "test_suite_tools",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of a SLOW_MODULES module `slow`."""
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under CI=true a skipped test is a failure: nothing may go untested without a word."""
