@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,23 @@ def fake(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[byte
     )
 
 
-def run_for(proc: subprocess.Popen[bytes], seconds: float) -> tuple[list[bytes], bytes]:
-    time.sleep(seconds)
-    proc.terminate()
-    out, err = proc.communicate(timeout=10)
-    return out.splitlines(), err
+def first_lines(proc: subprocess.Popen[bytes], count: int, within: float = 60.0) -> tuple[list[bytes], bytes]:
+    """The first `count` stdout lines, then stop the process: waits on output, not on the clock."""
+    killer = threading.Timer(within, proc.kill)  # a hung child fails the test instead of hanging it
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        lines: list[bytes] = []
+        while len(lines) < count:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip(b"\n"))
+    finally:
+        killer.cancel()
+        proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    return lines, err
 
 
 @pytest.mark.parametrize(
@@ -99,9 +111,9 @@ def test_first_record_at_once_with_a_tiny_period_then_every_period(tmp_path: Pat
     proc = fake(
         "-c", str(write_config(tmp_path)), env={"ACCEL_SIM_SCENARIO": str(scenario), "ACCEL_SIM_TIME_OFFSET": "200"}
     )
-    lines, err = run_for(proc, 1.5)
+    lines, err = first_lines(proc, 6)
     records = [json.loads(line) for line in lines]
-    assert 5 <= len(records) <= 9
+    assert len(records) == 6
     periods = [r["system_data"]["memory_info"]["period"] for r in records]
     assert periods[0] < 0.01
     assert all(p == pytest.approx(0.2, abs=0.05) for p in periods[1:])
@@ -114,8 +126,8 @@ def test_first_record_at_once_with_a_tiny_period_then_every_period(tmp_path: Pat
 
 def test_without_offset_the_runtime_is_not_there_yet(tmp_path: Path) -> None:
     scenario = write_scenario(tmp_path, small_neuron())
-    lines, _ = run_for(fake("-c", str(write_config(tmp_path)), "--scenario", str(scenario)), 0.5)
-    assert lines and all(json.loads(line)["neuron_runtime_data"] == [] for line in lines)
+    lines, _ = first_lines(fake("-c", str(write_config(tmp_path)), "--scenario", str(scenario)), 3)
+    assert len(lines) == 3 and all(json.loads(line)["neuron_runtime_data"] == [] for line in lines)
 
 
 def test_crash_garbage_and_oversized_faults(tmp_path: Path) -> None:
