@@ -6,7 +6,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import start_exporter
+from conftest import start_exporter, wait_until
 
 SCENARIO = """
 name: wedged-driver
@@ -29,7 +29,11 @@ def test_hung_nvml_call_is_reported_and_sigterm_still_exits(tmp_path: Path) -> N
     scenario.write_text(SCENARIO)
     exporter = start_exporter(["--demo", str(scenario), "--collector.interval", "1s"], tmp_path / "exporter.log")
     try:
-        time.sleep(8)  # the hang starts at 2 s; after 3 stalled cycles the devices show down
+        # The hang starts at 2 s; after 3 stalled cycles the devices show down.
+        wait_until(
+            lambda: _value(exporter.metrics(), 'accel_device_up{device="nvidia1"}') == 0,
+            what="nvidia1 to show down behind the wedged call",
+        )
         started = time.monotonic()
         text = exporter.metrics()
         assert time.monotonic() - started < 1.0  # scrapes are served from the cache, not blocked
