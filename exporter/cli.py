@@ -171,6 +171,14 @@ def _check_web_config(path: str | None) -> None:
         load_web_config(path)
 
 
+def _check_price_cache(options: Options) -> None:
+    """Load the price cache as a start would, so its warnings (it is then ignored) show here too."""
+    if options.state_directory and not options.demo:
+        from exporter.context.price_cache import PriceCache
+
+        PriceCache(options.state_directory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `accel-cost-exporter` and `python -m exporter`."""
     args = build_parser().parse_args(argv)
@@ -199,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"accel-cost-exporter: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        _check_price_cache(options)
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
     # Renders and NVML polls run on worker threads; a shorter GIL switch interval than the 5 ms

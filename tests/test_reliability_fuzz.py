@@ -31,6 +31,7 @@ from exporter.config.model import AccountingSettings
 from exporter.context.attribution import RuleAttributor
 from exporter.context.labels import sanitize_label
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR
 from exporter.exposition.render import RenderCache
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.sim.scenario import Scenario, load_scenario, parse_scenario
@@ -135,7 +136,8 @@ def check_config(config: Config) -> None:
     """What a loaded configuration promises, whatever the input was."""
     a = config.accounting
     assert 0.0 <= a.idle_threshold <= 1.0 and 0.01 <= a.target_utilization <= 1.0
-    assert all(math.isfinite(p) and p > 0 for _, p in config.pricing.instance_types + config.pricing.device_models)
+    prices = config.pricing.instance_types + config.pricing.device_models
+    assert all(MIN_DOLLARS_PER_HOUR <= p <= MAX_DOLLARS_PER_HOUR for _, p in prices)
     durations = (
         config.pricing.refresh_seconds,
         config.pricing.spot_refresh_seconds,
