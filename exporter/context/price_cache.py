@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = "price-cache.json"
 VERSION = 1
 MAX_ENTRIES = 64  # one host prices one instance type; a few entries cover spot/on-demand and moves
-MAX_FILE_BYTES = 1024 * 1024  # 64 entries take about 15 KiB
+MAX_FILE_BYTES = 1024 * 1024  # 64 entries take about 10 KiB
 
 
 @dataclass(frozen=True)
