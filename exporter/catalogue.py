@@ -225,6 +225,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "exporter",
     ),
     _m(
+        "accel_exporter_config_last_reload_successful",
+        "gauge",
+        (),
+        "1 when the last load of the configuration file (at start or on SIGHUP) succeeded; 0 when a reload was "
+        "refused and the previous configuration stays in force.",
+        "exporter",
+    ),
+    _m(
+        "accel_exporter_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time of the last successful load of the configuration file (at start or on SIGHUP).",
+        "exporter",
+    ),
+    _m(
         "accel_exporter_label_overflow_total",
         "counter",
         ("label",),

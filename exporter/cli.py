@@ -9,19 +9,32 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from exporter import __version__
-from exporter.config import ConfigInvalid, load_config, parse_duration
+from exporter.cli_values import (
+    BOOLEANS,
+    LOG_FORMATS,
+    absolute_path,
+    interval,
+    listen_address,
+    listen_addresses,
+    state_directory,
+    telemetry_path,
+)
+from exporter.config import ConfigInvalid, load_config
 from exporter.daemon import DEFAULT_PORT, Daemon, Options
+from exporter.environment import ENVIRONMENT, environment_problems, unknown_variables
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.webconfig import WebConfigInvalid, load_web_config
 
 # Team rules for the built-in scenarios, used by --demo when no --config.file is given.
 DEMO_CONFIG = Path(__file__).resolve().parent / "sim" / "demo-config.yaml"
 log = logging.getLogger("exporter")
+T = TypeVar("T")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -29,10 +42,9 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _env_bool(name: str) -> bool | None:
+    # None (auto) for a bad value: main() refuses it anyway, before anything is built.
     value = _env(name)
-    if value is None:
-        return None
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return None if value is None else BOOLEANS.get(value.strip().lower())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.format",
         dest="log_format",
         default=_env("LOG_FORMAT", "logfmt"),
-        choices=("logfmt", "json"),
+        choices=LOG_FORMATS,
         help="(env ACCEL_LOG_FORMAT)",
     )
     p.add_argument(
@@ -121,48 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
         const="p4d-idle-fleet",
         default=_env("DEMO"),
         metavar="SCENARIO",
-        help="run on simulated hardware: a built-in scenario name (default p4d-idle-fleet), a scenario file, or 'list'",
+        help="run on simulated hardware: a built-in scenario name (default p4d-idle-fleet), a scenario file, or 'list' "
+        "(env ACCEL_DEMO)",
     )
     p.add_argument("--check-config", action="store_true", help="validate the configuration (and web config) and exit")
     p.add_argument("--version", action="version", version=f"accel-cost-exporter {__version__}")
     return p
 
 
+def _checked(flag: str, check: Callable[[str], T], value: str) -> T:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
     """Validate flag values; raises ValueError with the flag's name."""
-    # Like Prometheus' own flags, a duration flag needs its unit: a bare "5" could mean seconds or
-    # milliseconds to the reader. (Bare numbers of seconds stay valid inside the YAML file.)
-    if str(args.interval).strip().replace(".", "", 1).isdigit():
-        raise ValueError(
-            f"--collector.interval: give a unit, e.g. '{str(args.interval).strip()}s'; found {args.interval!r}"
+    seconds = _checked("--collector.interval", interval, args.interval)
+    if args.listen:
+        listen = [_checked("--web.listen-address", listen_address, a) for a in args.listen]
+    else:
+        listen = _checked(
+            "ACCEL_WEB_LISTEN_ADDRESS", listen_addresses, _env("WEB_LISTEN_ADDRESS") or f":{DEFAULT_PORT}"
         )
-    interval = parse_duration(args.interval)
-    if interval is None or not 0.1 <= interval <= 3600:
-        raise ValueError(
-            f"--collector.interval: expected a duration from 100ms to 1h like '5s', found {args.interval!r}"
-        )
-    listen = args.listen or [
-        a.strip() for a in (_env("WEB_LISTEN_ADDRESS") or f":{DEFAULT_PORT}").split(",") if a.strip()
-    ]
-    from exporter.web.server import parse_listen_address
-
-    for address in listen:
-        try:
-            parse_listen_address(address)
-        except ValueError as exc:
-            raise ValueError(f"--web.listen-address: {exc}") from None
-    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/-/healthy", "/-/ready"):
-        raise ValueError(
-            f"--web.telemetry-path: expected a path starting with '/' other than the probes, found {args.telemetry_path!r}"
-        )
-    if args.neuron_path and not os.path.isabs(args.neuron_path):
-        raise ValueError(f"--neuron.monitor-path: expected an absolute path, found {args.neuron_path!r}")
+    _checked("--web.telemetry-path", telemetry_path, args.telemetry_path)
+    if args.neuron_path:
+        _checked("--neuron.monitor-path", absolute_path, args.neuron_path)
+    if args.state_dir:
+        _checked("--state.directory", state_directory, args.state_dir)
     return Options(
         listen_addresses=tuple(listen),
         telemetry_path=args.telemetry_path,
         web_config_file=args.web_config,
         config_file=args.config,
-        interval=interval,
+        interval=seconds,
         log_level=args.log_level,
         log_format=args.log_format,
         demo=args.demo,
@@ -185,9 +190,23 @@ def _scenario_line(name: str, description: str) -> str:
     return textwrap.fill(text, width=100, initial_indent=f"{name:18} ", subsequent_indent=indent)
 
 
+def _check_price_cache(options: Options) -> None:
+    """Load the price cache as a start would, so its warnings (it is then ignored) show here too."""
+    if options.state_directory and not options.demo:
+        from exporter.context.price_cache import PriceCache
+
+        PriceCache(options.state_directory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `accel-cost-exporter` and `python -m exporter`."""
     args = build_parser().parse_args(argv)
+    problems = environment_problems(os.environ)
+    if problems:
+        # Refused like a bad flag: exit status 2, one line per variable, nothing started.
+        for problem in problems:
+            print(f"accel-cost-exporter: error: {problem} (environment variable; fix or unset it)", file=sys.stderr)
+        return 2
     if args.demo == "list":
         from exporter.sim.scenario import builtin_scenarios, load_scenario
 
@@ -200,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"accel-cost-exporter: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(options.log_level, options.log_format)
+    for name in unknown_variables(os.environ):
+        log.warning("ignoring the environment variable %s: no flag reads it (known: %s)", name, ", ".join(ENVIRONMENT))
     if options.demo and not options.config_file:
         options = replace(options, config_file=str(DEMO_CONFIG))
     try:
@@ -213,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"accel-cost-exporter: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        _check_price_cache(options)
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
     # Renders and NVML polls run on worker threads; a shorter GIL switch interval than the 5 ms

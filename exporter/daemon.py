@@ -144,6 +144,7 @@ class Daemon:
         self._build_sources()
         self._start_kubernetes()  # before the provider, which takes its pod lookup
         self.provider = self._new_provider(self.config)
+        self.ledger.record_config_reload(True, self.clock.time())  # main() loaded and validated it
         self._publish()
         try:
             await self._serve()
@@ -197,6 +198,7 @@ class Daemon:
             except Exception:
                 log.exception("configuration reload failed; keeping the previous one")
                 self.ledger.count_error("config", "reload_failed")
+                self.ledger.record_config_reload(False, self.clock.time())
 
     async def _serve(self) -> None:
         middlewares: list[Any] = []
@@ -361,6 +363,7 @@ class Daemon:
         except ConfigInvalid as exc:
             log.error("configuration reload refused, keeping the previous one: %s", exc)
             self.ledger.count_error("config", "reload_invalid")
+            self.ledger.record_config_reload(False, self.clock.time())
             return False
         needs_restart = [name for name in RESTART_SECTIONS if getattr(config, name) != self._built_with[name]]
         if needs_restart:
@@ -376,6 +379,7 @@ class Daemon:
         self.provider = provider
         self._context_error_seen = {}  # the new provider counts from zero
         self._record_context()
+        self.ledger.record_config_reload(True, self.clock.time())
         log.info("configuration reloaded from %s", self.options.config_file or "defaults")
         return True
 

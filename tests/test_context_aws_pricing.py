@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from exporter.config import parse_config
 from exporter.context.aws_api import AwsApi, AwsLookupError, pricing_region
 from exporter.context.errors import ErrorCounts
 from exporter.context.model import HostIdentity
-from exporter.context.price_cache import PriceCache
+from exporter.context.price_cache import FILE_NAME, PriceCache
 from exporter.context.pricing import PriceResolver
 
 P4D = HostIdentity(
@@ -43,13 +44,20 @@ def server(fake: AwsApiFake, aws_env: None) -> Iterator[ThreadedServer]:
         yield running
 
 
-def resolver(url: str, *, timeout: str = "10s", extra: dict[str, Any] | None = None, clock: ManualClock | None = None):  # type: ignore[no-untyped-def]
+def resolver(
+    url: str,
+    *,
+    timeout: str = "10s",
+    extra: dict[str, Any] | None = None,
+    clock: ManualClock | None = None,
+    cache: PriceCache | None = None,
+):  # type: ignore[no-untyped-def]
     pricing: dict[str, Any] = {"aws": {"endpoint_url": url, "timeout": timeout}}
     pricing.update(extra or {})
     config = parse_config({"pricing": pricing})
     errors = ErrorCounts()
     clock = clock or ManualClock(epoch=EPOCH)
-    return PriceResolver(config.pricing, clock, errors, PriceCache(None)), errors
+    return PriceResolver(config.pricing, clock, errors, cache or PriceCache(None)), errors
 
 
 def resolve(res: PriceResolver, identity: HostIdentity = P4D):  # type: ignore[no-untyped-def]
@@ -322,3 +330,40 @@ def test_disabled_aws_never_calls(server: ThreadedServer, fake: AwsApiFake) -> N
     res, _ = resolver(server.url, extra={"aws": {"enabled": False, "endpoint_url": server.url}})
     assert resolve(res).source == "builtin"
     assert fake.pricing_calls == 0
+
+
+# --- prices out of bounds (docs/pricing.md, "Accepted prices") ---------------------------------------
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that refuses the non-JSON constants NaN, Infinity and -Infinity."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("spot", ["Infinity", "1e308", "1e-300"])
+def test_an_absurd_spot_price_is_refused_and_the_on_demand_price_used(
+    server: ThreadedServer, fake: AwsApiFake, tmp_path: Path, spot: str
+) -> None:
+    fake.spot_history = [spot_entry(spot, "2026-07-20T11:30:00.000Z")]
+    res, errors = resolver(server.url, cache=PriceCache(str(tmp_path)))
+    quote = resolve(res, SPOT_P4D)
+    assert (quote.source, quote.dollars_per_hour) == ("aws-pricing-api", pytest.approx(21.957642))
+    assert dict(errors.snapshot()) == {("price", "price_out_of_bounds"): 1}
+    cached = strict_json((tmp_path / FILE_NAME).read_text())  # the cache stays strict JSON
+    assert [e["source"] for e in cached["entries"].values()] == ["aws-pricing-api"]
+
+
+@pytest.mark.parametrize("usd", ["Infinity", "1e308", "1e-300"])
+def test_an_absurd_on_demand_price_is_refused_and_the_table_used(
+    server: ThreadedServer, fake: AwsApiFake, tmp_path: Path, usd: str
+) -> None:
+    fake.raw_price_list = [json.dumps(make_product(usd))]
+    res, errors = resolver(server.url, cache=PriceCache(str(tmp_path)))
+    quote = resolve(res)
+    assert (quote.source, quote.dollars_per_hour) == ("builtin", 21.957642)
+    assert dict(errors.snapshot()) == {("price", "price_out_of_bounds"): 1}
+    assert not (tmp_path / FILE_NAME).exists()

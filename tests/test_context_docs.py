@@ -10,6 +10,7 @@ import yaml
 
 from exporter.config import parse_config
 from exporter.context.builtin_prices import builtin_table
+from exporter.context.price_bounds import BOUNDS_TEXT
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "pricing.md"
 BLOCKS = re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
@@ -30,3 +31,7 @@ def test_doc_names_the_table_date_and_prices() -> None:
     assert f"as of {table.as_of}" in text
     for instance_type in ("p4d.24xlarge", "p5.48xlarge", "g6.24xlarge"):
         assert f"{table.prices[instance_type]:g}" in text
+
+
+def test_doc_states_the_accepted_price_range() -> None:
+    assert f"**{BOUNDS_TEXT}**" in DOC.read_text(encoding="utf-8")

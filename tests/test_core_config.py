@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,17 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, exporter_env
 
-from exporter.cli import build_parser, options_from_args
+from exporter.cli import build_parser, main, options_from_args
 from exporter.config import ConfigInvalid, load_config, parse_config, parse_duration
+from exporter.environment import ENVIRONMENT
 from exporter.sim.scenario import builtin_scenarios, load_scenario
 
 
-def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
         cwd=ROOT,
-        env=exporter_env(),
+        env=exporter_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -285,3 +287,70 @@ def test_cli_demo_list() -> None:
     for name, text in entries.items():  # whole descriptions, never cut mid-word
         assert text == " ".join(load_scenario(name).description.split())
     assert max(len(line) for line in result.stdout.splitlines()) <= 100
+
+
+# --- ACCEL_* environment variables: refused like a bad flag ----------------------------------------
+
+BOOLEAN_WORDS = "expected one of true, false, 1, 0, yes, no, on, off"
+# One bad value per variable, and what the message must say is expected.
+BAD_ENVIRONMENT = {
+    "ACCEL_WEB_LISTEN_ADDRESS": ("bogus", "expected host:port or :port"),
+    "ACCEL_WEB_TELEMETRY_PATH": ("metrics", "expected a path starting with '/'"),
+    "ACCEL_WEB_CONFIG_FILE": ("/no/such/web-config.yml", "expected the path of an existing file"),
+    "ACCEL_CONFIG_FILE": ("/no/such/config.yml", "expected the path of an existing file"),
+    "ACCEL_COLLECTOR_INTERVAL": ("fast", "expected a duration from 100ms to 1h"),
+    "ACCEL_COLLECTOR_NVML": ("enabled", BOOLEAN_WORDS),
+    "ACCEL_COLLECTOR_NEURON": ("auto", BOOLEAN_WORDS),
+    "ACCEL_NEURON_MONITOR_PATH": ("neuron-monitor", "expected an absolute path"),
+    "ACCEL_STATE_DIRECTORY": (str(ROOT / "pyproject.toml"), "expected a directory"),
+    "ACCEL_LOG_LEVEL": ("verbose", "expected one of debug, error, info, warn"),
+    "ACCEL_LOG_FORMAT": ("xml", "expected one of logfmt, json"),
+    "ACCEL_DEMO": ("no-such-scenario", "one of: a100-mig, g6-inference"),
+}
+
+
+def test_every_variable_in_help_is_checked_and_tested() -> None:
+    documented = set(re.findall(r"ACCEL_[A-Z_]+[A-Z]", build_parser().format_help()))
+    assert documented == set(ENVIRONMENT) == set(BAD_ENVIRONMENT)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENVIRONMENT))
+def test_cli_bad_environment_value_is_refused_like_a_bad_flag(name: str) -> None:
+    value, expected = BAD_ENVIRONMENT[name]
+    line = assert_one_line_error(run_cli("--check-config", env={name: value}))
+    assert line.startswith(f"accel-cost-exporter: error: {name}: "), line
+    assert expected in line and value in line
+
+
+@pytest.mark.parametrize("name", sorted(ENVIRONMENT))
+def test_an_empty_variable_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for other in ENVIRONMENT:
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, "")
+    assert main(["--check-config"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"accel-cost-exporter: error: {name}: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("off", False), ("FALSE", False), ("0", False), ("on", True), ("Yes", True), ("1", True)]
+)
+def test_boolean_variables_take_the_usual_words(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    monkeypatch.setenv("ACCEL_COLLECTOR_NVML", value)
+    monkeypatch.setenv("ACCEL_COLLECTOR_NEURON", value)
+    options = options_from_args(build_parser().parse_args([]))
+    assert (options.collector_nvml, options.collector_neuron) == (expected, expected)
+
+
+def test_an_unknown_word_never_turns_a_collector_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCEL_COLLECTOR_NVML", "enabled")
+    assert options_from_args(build_parser().parse_args([])).collector_nvml is None  # main() refuses it
+
+
+def test_an_unknown_accel_variable_is_named_in_a_warning() -> None:
+    result = run_cli("--check-config", env={"ACCEL_COLLECTOR_INTERVALL": "5s", "ACCEL_SIM_SCENARIO": "inf2-inference"})
+    assert result.returncode == 0, result.stderr
+    assert "ACCEL_COLLECTOR_INTERVALL" in result.stderr and "ACCEL_COLLECTOR_INTERVAL," in result.stderr
+    assert "ACCEL_SIM_SCENARIO" not in result.stderr  # the simulator's own variable

@@ -31,6 +31,8 @@ from exporter.config.model import AccountingSettings
 from exporter.context.attribution import RuleAttributor
 from exporter.context.labels import sanitize_label
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR, price_problem
+from exporter.context.price_cache import FILE_NAME, CachedPrice, PriceCache
 from exporter.exposition.render import RenderCache
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.sim.scenario import Scenario, load_scenario, parse_scenario
@@ -135,7 +137,8 @@ def check_config(config: Config) -> None:
     """What a loaded configuration promises, whatever the input was."""
     a = config.accounting
     assert 0.0 <= a.idle_threshold <= 1.0 and 0.01 <= a.target_utilization <= 1.0
-    assert all(math.isfinite(p) and p > 0 for _, p in config.pricing.instance_types + config.pricing.device_models)
+    prices = config.pricing.instance_types + config.pricing.device_models
+    assert all(MIN_DOLLARS_PER_HOUR <= p <= MAX_DOLLARS_PER_HOUR for _, p in prices)
     durations = (
         config.pricing.refresh_seconds,
         config.pricing.spot_refresh_seconds,
@@ -307,6 +310,56 @@ def test_neuron_line_parser_gives_a_record_or_parse_error(line: bytes) -> None:
         assert isinstance(record, MonitorRecord)
         period = record.period()
         assert period is None or (math.isfinite(period) and period >= 0)
+
+
+# --- the price cache in the state directory -------------------------------------------------------
+
+CACHE_ENTRY_KEYS = ["dollars_per_hour", "source", "lifecycle", "fetched_at"]
+CACHE_KEYS = ["version", "entries", *CACHE_ENTRY_KEYS, "aws|p4d.24xlarge|us-east-1||on-demand"]
+PRICE_REASONS = {"cache_unreadable", "cache_bad_entry", "price_out_of_bounds"}
+
+
+def cache_files() -> st.SearchStrategy[bytes]:
+    """Arbitrary bytes, JSON trees of the cache's keys, and version-1 files whose entries hold any scalars."""
+    entry = st.dictionaries(st.sampled_from(CACHE_ENTRY_KEYS), SCALARS, min_size=3)
+    versioned = st.dictionaries(st.text(max_size=8), st.one_of(entry, SCALARS), max_size=4).map(
+        lambda entries: {"version": 1, "entries": entries}
+    )
+    trees = st.one_of(documents(CACHE_KEYS), versioned).filter(_jsonable)
+    as_json = trees.map(lambda d: json.dumps(d, allow_nan=True).encode())
+    return st.one_of(
+        st.binary(max_size=300), as_json, st.tuples(as_json, st.integers(0, 200)).map(lambda t: t[0][: t[1]])
+    )
+
+
+@FUZZ
+@given(cache_files())
+@example(b"[" * 100_000)
+@example(
+    b'{"version": 1, "entries": {"k": {"dollars_per_hour": Infinity, "source": "s", "lifecycle": "l", "fetched_at": 1}}}'
+)
+@example(
+    b'{"version": 1, "entries": {"k": {"dollars_per_hour": 1e-300, "source": "s", "lifecycle": "l", "fetched_at": 1}}}'
+)
+@example(
+    b'{"version": 1, "entries": {"k": {"dollars_per_hour": 1, "source": "s", "lifecycle": "l", "fetched_at": 1'
+    + b"0" * 5000
+    + b"}}}"
+)
+def test_the_price_cache_loads_anything_and_keeps_only_bounded_prices(scratch: Path, data: bytes) -> None:
+    directory = Path(tempfile.mkdtemp(dir=scratch))
+    (directory / FILE_NAME).write_bytes(data)
+    cache = PriceCache(str(directory))  # never raises, whatever the file holds
+    assert set(cache.load_problems) <= PRICE_REASONS
+    # Rewriting the file shows every entry that survived the load, as strict JSON.
+    assert cache.put("probe", CachedPrice(1.0, "aws-pricing-api", "on-demand", 0.0))
+    written = json.loads((directory / FILE_NAME).read_text(), parse_constant=_refuse_constant)
+    for entry in written["entries"].values():
+        assert price_problem(entry["dollars_per_hour"]) is None and math.isfinite(entry["fetched_at"])
+
+
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"the price cache wrote the non-JSON constant {name}")
 
 
 # --- label values -------------------------------------------------------------------------------

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field, replace
 
 from exporter import __version__
 from exporter.accounting.labelcap import LabelCap
-from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, ProcessSnapshot, Snapshot
+from exporter.accounting.snapshot import (
+    CollectorSnapshot,
+    ConfigReloadSnapshot,
+    DeviceSnapshot,
+    ProcessSnapshot,
+    Snapshot,
+)
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
@@ -75,6 +81,7 @@ class Ledger:
         self._context: HostContext | None = None
         self._version = 0
         self._device_pods: DevicePods | None = None
+        self._config_reload: ConfigReloadSnapshot | None = None
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
@@ -117,6 +124,11 @@ class Ledger:
         self._record(name, success, duration, ())
         if success and timestamp is not None:
             self._collectors[name].last_sample = timestamp
+
+    def record_config_reload(self, success: bool, timestamp: float) -> None:
+        """The outcome of a configuration (re)load at Unix time `timestamp`; a failure keeps the last success time."""
+        last = self._config_reload.last_success_timestamp if self._config_reload else None
+        self._config_reload = ConfigReloadSnapshot(success, timestamp if success else last)
 
     def count_error(self, collector: str, reason: str, count: int = 1) -> None:
         """Add to accel_exporter_errors_total{collector, reason}."""
@@ -260,6 +272,7 @@ class Ledger:
             errors=tuple(sorted(self._errors.items())),
             label_overflow=tuple(sorted((k, float(v)) for k, v in self._cap.overflow.items())),
             build_version=__version__,
+            config_reload=self._config_reload,
         )
 
     def _device_snapshot(self, book: _DeviceBook, now: float) -> DeviceSnapshot:

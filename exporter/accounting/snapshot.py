@@ -57,6 +57,14 @@ class CollectorSnapshot:
 
 
 @dataclass(frozen=True)
+class ConfigReloadSnapshot:
+    """Outcome of the last configuration (re)load, as Prometheus and Alertmanager report theirs."""
+
+    successful: bool
+    last_success_timestamp: float | None  # Unix time; None until a load has succeeded
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything a scrape shows; `version` changes with every new snapshot."""
 
@@ -68,3 +76,4 @@ class Snapshot:
     errors: tuple[tuple[tuple[str, str], float], ...]
     label_overflow: tuple[tuple[str, float], ...]
     build_version: str
+    config_reload: ConfigReloadSnapshot | None = None  # None: the daemon has not recorded a load

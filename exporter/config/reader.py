@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from exporter.context.price_bounds import BOUNDS_TEXT, price_problem
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -252,7 +254,7 @@ class Reader:
         return out
 
     def price_map(self, key: str) -> dict[str, float]:
-        """A mapping of names to positive prices in USD per hour."""
+        """A mapping of names to prices in USD per hour, each within the accepted range (price_bounds)."""
         value = self.raw(key)
         if value is None:
             return {}
@@ -262,8 +264,8 @@ class Reader:
         out: dict[str, float] = {}
         for name, item in value.items():
             price = finite_number(item)
-            if not isinstance(name, str) or price is None or price <= 0:
-                self.error(f"{key}.{name}", "a price in USD per hour greater than 0", item)
+            if not isinstance(name, str) or price is None or price_problem(price) is not None:
+                self.error(f"{key}.{name}", f"a price {BOUNDS_TEXT}", item)
                 continue
             out[name] = price
         return out

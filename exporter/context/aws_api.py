@@ -3,7 +3,8 @@
 Everything here blocks and must run in a worker thread (`asyncio.to_thread`). boto3 is imported
 lazily, on the first call, so hosts that never reach AWS never pay for it. Each failure becomes
 an `AwsLookupError` whose `reason` is the `accel_exporter_errors_total` label: no_match,
-multi_match, throttled, bad_response, no_credentials, access_denied, unreachable, api_error.
+multi_match, throttled, bad_response, price_out_of_bounds, no_credentials, access_denied,
+unreachable, api_error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from exporter.context.price_bounds import price_problem
 
 # Filters that select exactly one Linux on-demand price (shared tenancy, no pre-installed
 # software, not a capacity reservation and not a Capacity Block).
@@ -110,12 +113,20 @@ def hourly_usd(product: Mapping[str, Any]) -> float:
                 usd = float(dimension.get("pricePerUnit", {}).get("USD", ""))
             except (TypeError, ValueError):
                 continue
-            if usd > 0 and usd == usd and usd != float("inf"):
+            if usd > 0:  # NaN is not; an infinite or absurd rate is refused by _bounded, by name
                 rates.add(usd)
     if len(rates) != 1:
         found = ", ".join(f"{r:g}" for r in sorted(rates)) or "none"
         raise AwsLookupError("bad_response", f"expected one positive USD hourly rate, found {found}")
-    return rates.pop()
+    return _bounded(rates.pop(), "on-demand price")
+
+
+def _bounded(dollars_per_hour: float, what: str) -> float:
+    """The price when it is within price_bounds, else AwsLookupError("price_out_of_bounds")."""
+    problem = price_problem(dollars_per_hour)
+    if problem is not None:
+        raise AwsLookupError("price_out_of_bounds", f"{what} refused: {problem}")
+    return dollars_per_hour
 
 
 class AwsApi:
@@ -220,7 +231,7 @@ class AwsApi:
             raise AwsLookupError("no_match", f"no spot price for {instance_type} in {zone}")
         if not best[1] > 0:
             raise AwsLookupError("bad_response", f"spot price for {instance_type} in {zone} is not positive")
-        return best[1]
+        return _bounded(best[1], f"spot price for {instance_type} in {zone}")
 
     def instance_tags(self, instance_id: str, region: str) -> list[tuple[str, str]]:
         """The instance's tags from EC2 DescribeTags (the fallback when IMDS tags are not enabled)."""

@@ -14,6 +14,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+from exporter.context.price_bounds import price_problem
+
 # OpenCost's default unit prices (configs/default.json): per vCPU-hour, per GiB-hour, per GPU-hour.
 # Only their ratios matter: the instance price is split in proportion to them.
 OPENCOST_CPU_WEIGHT = 0.031611
@@ -33,7 +35,8 @@ class BuiltinTable:
 
 
 def _parse(document: Any) -> BuiltinTable:
-    prices = {str(k): float(v) for k, v in document["prices"].items() if float(v) > 0}
+    # The shipped table obeys the same bounds as every other source (a test checks none is dropped).
+    prices = {str(k): float(v) for k, v in document["prices"].items() if price_problem(float(v)) is None}
     accelerators = {str(k): int(v) for k, v in document["accelerators"].items()}
     shapes = {str(k): (int(v[0]), float(v[1])) for k, v in document.get("shapes", {}).items()}
     return BuiltinTable(

@@ -68,6 +68,8 @@ class PriceResolver:
         self._clock = clock
         self._errors = errors
         self._cache = cache
+        for reason in cache.load_problems:  # already logged by the cache, once per load
+            errors.add(COLLECTOR, reason)
         self._live = live and settings.aws_enabled
         self._api = api or AwsApi(settings.aws_timeout_seconds, settings.aws_endpoint_url)
         self._table = builtin_table()

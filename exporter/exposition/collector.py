@@ -115,6 +115,11 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
         f.add("accel_exporter_errors_total", [collector, reason], value)
     for label, value in snapshot.label_overflow:
         f.add("accel_exporter_label_overflow_total", [label], value)
+    reload = snapshot.config_reload
+    if reload is not None:
+        f.add("accel_exporter_config_last_reload_successful", [], 1 if reload.successful else 0)
+        if reload.last_success_timestamp is not None:
+            f.add("accel_exporter_config_last_reload_success_timestamp_seconds", [], reload.last_success_timestamp)
     return list(f)
 
 
