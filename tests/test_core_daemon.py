@@ -31,7 +31,7 @@ def value(text: str, series: str) -> float | None:
     return None
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 8.0, what: str = "condition") -> None:
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -95,7 +95,15 @@ def test_sighup_reloads_and_refuses_a_bad_file(run_exporter: Callable[..., Expor
     config.write_text("accounting:\n  idle_threshold: 7\n")
     exporter.signal(signal.SIGHUP)
     wait_for(lambda: "reload refused" in exporter.log(), what="the refusal in the log")
-    time.sleep(1.5)  # at least one more poll under the old configuration
+    polled_at = value(exporter.metrics(), 'accel_exporter_last_sample_timestamp_seconds{collector="nvml"}') or 0.0
+    wait_for(  # at least one more poll under the old configuration
+        lambda: (
+            (value(exporter.metrics(), 'accel_exporter_last_sample_timestamp_seconds{collector="nvml"}') or 0.0)
+            > polled_at
+        ),
+        timeout=30,
+        what="one more poll after the refused reload",
+    )
     assert exporter.proc.poll() is None
     assert exporter.get("/-/healthy").status == 200
     text = exporter.metrics()
