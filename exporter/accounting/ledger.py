@@ -144,7 +144,7 @@ class Ledger:
         book.last_time = now
         book.reading = reading
         settings = self._settings
-        state = classify(reading, settings.idle_threshold)
+        state = classify(reading, settings.idle_threshold, settings.noise_floor)
         book.state = state
         if state == ACTIVE:
             book.last_active = now
