@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from exporter import __version__
 from exporter.accounting.labelcap import LabelCap
 from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, ProcessSnapshot, Snapshot
-from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, classify
+from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, NO_STATE, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
 from exporter.context.labels import sanitize_label
@@ -146,9 +146,10 @@ class Ledger:
         settings = self._settings
         state = classify(reading, settings.idle_threshold, settings.noise_floor)
         book.state = state
-        if state == ACTIVE:
+        if state in (ACTIVE, NO_STATE):  # a fully sliced MIG parent is not idle: its slices are
             book.last_active = now
-        book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
+        if state != NO_STATE:
+            book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
         if reading.busy_seconds is not None:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
@@ -278,7 +279,7 @@ class Ledger:
             processes=book.processes,
             state=book.state,
             state_seconds=tuple(sorted(book.state_seconds.items())),
-            idle_seconds=0.0 if book.state == ACTIVE else max(0.0, now - book.last_active),
+            idle_seconds=0.0 if book.state in (ACTIVE, NO_STATE) else max(0.0, now - book.last_active),
             price_per_hour=self._prices.get(book.identity.device),
             owner=book.owner,
             cost=tuple(sorted(book.cost.items())),

@@ -8,6 +8,9 @@ ACTIVE = "active"
 IDLE_HELD = "idle_held"
 IDLE_FREE = "idle_free"
 IDLE_STATES = (IDLE_HELD, IDLE_FREE)
+# A fully sliced MIG parent: its instances carry the whole GPU, so it has no state of its own
+# (no accel_state, state seconds or idle clock series) and can raise no idle alert.
+NO_STATE = ""
 
 
 def classify(reading: DeviceReading, idle_threshold: float, noise_floor: float = 0.0) -> str:
@@ -19,6 +22,8 @@ def classify(reading: DeviceReading, idle_threshold: float, noise_floor: float =
     A device that cannot report activity (MIG without GPM) is never accused of idling while
     something holds it: unknown is not idle. A lost device does no work for anyone: idle_free.
     """
+    if reading.identity.mig_parent and reading.identity.price_units <= 0:
+        return NO_STATE
     if not reading.up:
         return IDLE_FREE
     held = bool(reading.processes) or reading.memory_held
