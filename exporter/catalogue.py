@@ -104,7 +104,14 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Seconds the device spent in each state (none for a fully sliced MIG parent).",
         "state",
     ),
-    _m("accel_idle_seconds", "gauge", _D, "Seconds since the device was last active (0 while active).", "state"),
+    _m(
+        "accel_idle_seconds",
+        "gauge",
+        _D,
+        "Seconds since the device was last active (0 while active); with --state.directory it goes on across "
+        "exporter restarts (last-active time kept by device UUID). Absent for a fully sliced MIG parent.",
+        "state",
+    ),
     # --- money --------------------------------------------------------------------------------
     _m(
         "accel_price_dollars_per_hour",
