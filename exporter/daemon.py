@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.accounting.idle_clock import IdleClockFile
+from exporter.accounting.idle_clock import IdleClockFile, IdleMark
 from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigInvalid, load_config
@@ -81,6 +81,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._stalled: dict[str, int] = {}
         self._idle_file: IdleClockFile | None = None
+        self._demo_history: dict[str, float] = {}  # --demo: UUID -> Unix time the scenario says it last computed
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
@@ -114,6 +115,7 @@ class Daemon:
         log.info("demo: simulating scenario %r (%s)", scenario.name, scenario.host.instance_type or "no instance type")
         if scenario.gpus or scenario.nvml_missing or not scenario.neuron:
             fake = FakeNvml(scenario, self.clock)
+            self._demo_history = fake.last_active_history()
             self.sources.append(NvmlSource(fake.module, self.clock, SimProcFs(fake)))
         if scenario.neuron is not None:
             from exporter.sim.neuron_monitor import ScenarioNeuronProcesses, write_fake_monitor_wrapper
@@ -174,8 +176,17 @@ class Daemon:
         return 0
 
     def _start_idle_clock(self) -> None:
-        """Continue each device's idle clock from the state directory."""
+        """Continue each device's idle clock from the state directory (and, in --demo, the scenario's history)."""
         offset = self.clock.time() - self.clock.monotonic()
+        if self._demo_history:
+            # The simulated host has a past the exporter never saw; without it the demo's abandoned
+            # job would look idle for only as long as the demo has run. A state file, newer, wins.
+            log.info(
+                "demo: idle clocks start from the scenario's history (%d GPU(s) with last_active before the start)",
+                len(self._demo_history),
+            )
+            history = {uuid: IdleMark(at, "", at) for uuid, at in self._demo_history.items()}
+            self.ledger.restore_idle_clock(history, offset)
         directory = self.options.state_directory
         if not directory:
             log.info("no state directory (--state.directory): accel_idle_seconds starts from 0 at every restart")

@@ -1,5 +1,6 @@
 """The idle clock survives restarts (issue 11, item 2): last-active and state-entry times by device
-UUID in the state directory, written atomically; an untrustworthy file is logged once and ignored."""
+UUID in the state directory, written atomically; an untrustworthy file is logged once and ignored;
+the demo's abandoned job is idle since the scenario's history says, so its alert condition holds."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import pytest
 from conftest import ExporterProcess
 from prometheus_client.parser import text_string_to_metric_families
 from test_core_accounting import Rig, devices, rig
+from test_core_exposition import demo_daemon
 
 from exporter.accounting.idle_clock import FILE_NAME, IdleClockFile, IdleMark, parse_marks, render_marks
 from exporter.clock import ManualClock
-from exporter.config import Config
+from exporter.config import Config, ConfigInvalid
 from exporter.daemon import Daemon, Options
+from exporter.sim.scenario import parse_scenario
 
 __all__ = ["rig"]  # the fixture, shared with the core accounting tests
 
@@ -139,6 +142,29 @@ async def test_ledger_hands_its_clock_to_the_next_run(rig: Callable[..., Rig]) -
     assert set(kept) == set(marks)
 
 
+# --- the demo -------------------------------------------------------------------------------------
+
+
+async def test_demo_abandoned_job_is_idle_since_the_scenario_history() -> None:
+    clock = ManualClock()
+    async with demo_daemon("p4d-idle-fleet", clock) as daemon:
+        daemon._start_idle_clock()
+        for source in daemon.sources:
+            await source.start()
+        clock.advance(1.0)
+        await daemon.poll_once()
+        text = await daemon.cache.get(openmetrics=False)
+    assert text is not None
+    samples = _samples(text.body.decode())
+    # The scenario: GPU 2 last computed 20 days before the start; its job has held it since.
+    idle = samples[("accel_idle_seconds", (("device", "nvidia2"),))]
+    assert idle == pytest.approx(20 * 86400 + 1.0)
+    assert samples[("accel_state", (("device", "nvidia2"), ("state", "idle_held")))] == 1
+    assert idle >= 14400  # the AcceleratorAbandoned condition holds at the first scrape
+    assert samples[("accel_idle_seconds", (("device", "nvidia0"),))] == pytest.approx(3 * 86400 + 1.0)
+    assert samples[("accel_idle_seconds", (("device", "nvidia3"),))] == 0.0  # working: no history
+
+
 def _samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for family in text_string_to_metric_families(body):
@@ -203,3 +229,10 @@ async def test_unwritable_state_directory_is_counted_not_raised(tmp_path: Path) 
     await daemon._save_idle_clock()
     await daemon._save_idle_clock()
     assert dict(daemon.ledger.snapshot(0.0).errors)[("exporter", "idle_clock_write")] == 2
+
+
+def test_scenario_history_must_lie_before_the_start() -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_scenario({"gpus": [{"index": 0, "last_active": 60}]}, "test")
+    assert "last_active" in str(info.value) and "at most 0" in str(info.value)
+    assert parse_scenario({"gpus": [{"index": 0, "last_active": -60}]}, "test").gpus[0].last_active == -60.0
