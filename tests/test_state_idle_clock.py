@@ -8,17 +8,27 @@ import json
 import logging
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ExporterProcess
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from test_core_accounting import Rig, devices, rig
 from test_core_exposition import demo_daemon
 
-from exporter.accounting.idle_clock import FILE_NAME, IdleClockFile, IdleMark, parse_marks, render_marks
+from exporter.accounting.idle_clock import (
+    FILE_NAME,
+    IdleClockFile,
+    IdleClockInvalid,
+    IdleMark,
+    parse_marks,
+    render_marks,
+)
 from exporter.clock import ManualClock
 from exporter.config import Config, ConfigInvalid
 from exporter.daemon import Daemon, Options
@@ -236,3 +246,29 @@ def test_scenario_history_must_lie_before_the_start() -> None:
         parse_scenario({"gpus": [{"index": 0, "last_active": 60}]}, "test")
     assert "last_active" in str(info.value) and "at most 0" in str(info.value)
     assert parse_scenario({"gpus": [{"index": 0, "last_active": -60}]}, "test").gpus[0].last_active == -60.0
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(["active", ""]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(devices=st.dictionaries(st.text(max_size=8), _JSON, max_size=3), version=st.sampled_from([1, 1.0, "1", 2]))
+def test_any_json_gives_marks_or_idle_clock_invalid(devices: object, version: object) -> None:
+    try:
+        marks = parse_marks(_file(devices, version), NOW)
+    except IdleClockInvalid:
+        return
+    for mark in marks.values():
+        assert 0 < mark.last_active <= NOW + 300 and 0 < mark.state_since <= NOW + 300
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=256))
+def test_any_bytes_load_as_marks_or_nothing(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / FILE_NAME).write_bytes(data)
+        assert isinstance(IdleClockFile(scratch).load(NOW), dict)
