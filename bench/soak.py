@@ -222,13 +222,13 @@ class Truth:
                 # First contact: only the newest sample is read, as a level, not integrated.
                 period = self.scenario.sample_period
                 utilization = gpu.utilization.busy(t - period, t) / period
-                state = _classify(utilization, bool(holders), accounting.idle_threshold)
+                state = _classify(utilization, bool(holders), accounting.idle_threshold, accounting.noise_floor)
                 book.fresh = False
             else:
                 busy = gpu.utilization.busy(previous, t)
                 book.busy += busy
                 utilization = busy / dt
-                state = _classify(utilization, bool(holders), accounting.idle_threshold)
+                state = _classify(utilization, bool(holders), accounting.idle_threshold, accounting.noise_floor)
             book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
             if price is None:
                 continue
@@ -240,8 +240,9 @@ class Truth:
             book.waste[team] = book.waste.get(team, 0.0) + dollars * max(0.0, target - utilization) / target
 
 
-def _classify(utilization: float, held: bool, threshold: float) -> str:
-    if utilization > threshold:
+def _classify(utilization: float, held: bool, threshold: float, noise_floor: float) -> str:
+    # Nobody holding it: housekeeping load up to the noise floor is no work.
+    if utilization > (threshold if held else max(threshold, noise_floor)):
         return ACTIVE
     return IDLE_HELD if held else IDLE_FREE
 

@@ -93,23 +93,32 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_state",
         "gauge",
         ("device", "state"),
-        "1 for the device's current state (active, idle_held, idle_free), 0 for the others.",
+        "1 for the device's current state (active, idle_held, idle_free), 0 for the others; a MIG "
+        "parent whose instances hold all its slices has no state series (its instances carry them).",
         "state",
     ),
     _m(
         "accel_state_seconds_total",
         "counter",
         ("device", "state"),
-        "Seconds the device spent in each state.",
+        "Seconds the device spent in each state (none for a fully sliced MIG parent).",
         "state",
     ),
-    _m("accel_idle_seconds", "gauge", _D, "Seconds since the device was last active (0 while active).", "state"),
+    _m(
+        "accel_idle_seconds",
+        "gauge",
+        _D,
+        "Seconds since the device was last active (0 while active); with --state.directory it goes on across "
+        "exporter restarts (last-active time kept by device UUID). Absent for a fully sliced MIG parent.",
+        "state",
+    ),
     # --- money --------------------------------------------------------------------------------
     _m(
         "accel_price_dollars_per_hour",
         "gauge",
         _D,
-        "Hourly price attributed to this device, in USD; absent when no price is known.",
+        "Hourly price attributed to this device, in USD; absent when no price is known. A MIG parent "
+        "carries only its unallocated slices' share (k/7 on A100/H100), none when fully sliced.",
         "cost",
     ),
     _m("accel_cost_dollars_total", "counter", _OWNER, "Money spent on the device, in USD.", "cost"),

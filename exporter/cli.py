@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state.directory",
         dest="state_dir",
         default=_env("STATE_DIRECTORY", os.environ.get("STATE_DIRECTORY")),
-        help="where the price cache lives (default $STATE_DIRECTORY from systemd; env ACCEL_STATE_DIRECTORY)",
+        help="where the price cache and the idle clock live (default $STATE_DIRECTORY from systemd; env ACCEL_STATE_DIRECTORY)",
     )
     p.add_argument(
         "--log.level",

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.accounting.idle_clock import IdleClockFile, IdleMark
 from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigInvalid, load_config
@@ -79,6 +80,8 @@ class Daemon:
         self._reloads: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self._stalled: dict[str, int] = {}
+        self._idle_file: IdleClockFile | None = None
+        self._demo_history: dict[str, float] = {}  # --demo: UUID -> Unix time the scenario says it last computed
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
@@ -112,6 +115,7 @@ class Daemon:
         log.info("demo: simulating scenario %r (%s)", scenario.name, scenario.host.instance_type or "no instance type")
         if scenario.gpus or scenario.nvml_missing or not scenario.neuron:
             fake = FakeNvml(scenario, self.clock)
+            self._demo_history = fake.last_active_history()
             self.sources.append(NvmlSource(fake.module, self.clock, SimProcFs(fake)))
         if scenario.neuron is not None:
             from exporter.sim.neuron_monitor import ScenarioNeuronProcesses, write_fake_monitor_wrapper
@@ -142,6 +146,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         self._build_sources()
+        self._start_idle_clock()
         self._start_kubernetes()  # before the provider, which takes its pod lookup
         self.provider = self._new_provider(self.config)
         self.ledger.record_config_reload(True, self.clock.time())  # main() loaded and validated it
@@ -170,6 +175,33 @@ class Daemon:
                 await task
         await self._shutdown()
         return 0
+
+    def _start_idle_clock(self) -> None:
+        """Continue each device's idle clock from the state directory (and, in --demo, the scenario's history)."""
+        offset = self.clock.time() - self.clock.monotonic()
+        if self._demo_history:
+            # The simulated host has a past the exporter never saw; without it the demo's abandoned
+            # job would look idle for only as long as the demo has run. A state file, newer, wins.
+            log.info(
+                "demo: idle clocks start from the scenario's history (%d GPU(s) with last_active before the start)",
+                len(self._demo_history),
+            )
+            history = {uuid: IdleMark(at, "", at) for uuid, at in self._demo_history.items()}
+            self.ledger.restore_idle_clock(history, offset)
+        directory = self.options.state_directory
+        if not directory:
+            log.info("no state directory (--state.directory): accel_idle_seconds starts from 0 at every restart")
+            return
+        self._idle_file = IdleClockFile(directory)
+        self.ledger.restore_idle_clock(self._idle_file.load(self.clock.time()), offset)
+
+    async def _save_idle_clock(self) -> None:
+        """Persist every device's idle clock; at most one poll interval is lost on a crash."""
+        if self._idle_file is None:
+            return
+        marks = self.ledger.idle_marks(self.clock.time() - self.clock.monotonic())
+        if not await asyncio.to_thread(self._idle_file.save, marks):  # fsync must not stall scrapes
+            self.ledger.count_error("exporter", "idle_clock_write")
 
     def _drop_nvml_without_driver(self) -> None:
         """On a Neuron host with no NVIDIA driver, an NVML collector left on would fail forever."""
@@ -306,6 +338,7 @@ class Daemon:
             self.ledger.ingest(report, context, now)
         self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))  # rendered by the first scrape
         self._ready = True
+        await self._save_idle_clock()
 
     async def _poll_source(self, source: Source) -> SourceReport:
         """A source's poll, bounded by the interval; a slow poll is reported, not waited for.
@@ -396,6 +429,7 @@ class Daemon:
                 log.warning("stopping %s: %s", source.name, exc)
 
     async def _shutdown(self) -> None:
+        await self._save_idle_clock()
         await self._shutdown_sources()
         if self._runner is not None:
             server = self._runner.server

@@ -27,6 +27,9 @@ class DeviceIdentity:
     # Share of one physical accelerator's price this device carries: 1.0 for a whole GPU or a
     # NeuronCore, the slice fraction for a MIG instance, the unallocated remainder for a MIG parent.
     price_units: float = 1.0
+    # A GPU in MIG mode with instances: its own state and price cover only its unallocated slices
+    # (none at all when fully sliced, price_units 0); the instances carry the rest.
+    mig_parent: bool = False
 
 
 @dataclass(frozen=True)

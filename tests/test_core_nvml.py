@@ -107,7 +107,7 @@ async def test_mig_instances_and_price_units(sim: Callable[..., SimHost]) -> Non
     report = await host.step()
     devices = by_name(report)
     assert list(devices)[:4] == ["nvidia0", "nvidia0-mig1", "nvidia0-mig5", "nvidia0-mig13"]
-    assert len(devices) == 8 + 3
+    assert len(devices) == 8 + 3 + 1 + 3  # MIG instances on GPUs 0, 2 and 5
     parent = devices["nvidia0"].identity
     assert parent.kind == "gpu" and parent.physical
     assert parent.price_units == pytest.approx(1 / 7)  # the unallocated 1g slice

@@ -7,10 +7,11 @@ the end of it, so dollars always equal price x seconds exactly, whatever the pol
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from exporter import __version__
+from exporter.accounting.idle_clock import IdleMark
 from exporter.accounting.labelcap import LabelCap
 from exporter.accounting.snapshot import (
     CollectorSnapshot,
@@ -19,7 +20,7 @@ from exporter.accounting.snapshot import (
     ProcessSnapshot,
     Snapshot,
 )
-from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, classify
+from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, NO_STATE, classify
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
 from exporter.context.labels import sanitize_label
@@ -43,6 +44,7 @@ class _DeviceBook:
     last_active: float
     reading: DeviceReading
     state: str = IDLE_FREE
+    state_since: float = 0.0
     owner: Owner = field(default_factory=Owner)
     processes: tuple[ProcessSnapshot, ...] = ()
     busy_total: float = 0.0
@@ -82,10 +84,32 @@ class Ledger:
         self._version = 0
         self._device_pods: DevicePods | None = None
         self._config_reload: ConfigReloadSnapshot | None = None
+        self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
         self._device_pods = lookup
+
+    def restore_idle_clock(self, marks: Mapping[str, IdleMark], wall_offset: float) -> None:
+        """Continue the idle clocks of an earlier run: marks in Unix time, by device UUID.
+
+        `wall_offset` is Unix time minus the ledger's monotonic time, now. A device picks its mark
+        up when first seen, so accel_idle_seconds goes on from where it was instead of from 0.
+        """
+        for uuid, mark in marks.items():
+            self._restored[uuid] = _shifted(mark, -wall_offset)
+
+    def idle_marks(self, wall_offset: float) -> dict[str, IdleMark]:
+        """Every device's idle clock in Unix time, by UUID, to persist (see restore_idle_clock).
+
+        Marks restored for devices not seen yet this run (a source still starting) are kept.
+        """
+        marks = {uuid: _shifted(mark, wall_offset) for uuid, mark in self._restored.items()}
+        for book in self._devices.values():
+            uuid = book.identity.uuid
+            if uuid and book.state != NO_STATE:
+                marks[uuid] = _shifted(IdleMark(book.last_active, book.state, book.state_since), wall_offset)
+        return marks
 
     def update_settings(self, settings: AccountingSettings) -> None:
         """Apply a reloaded configuration; counters are kept."""
@@ -151,16 +175,19 @@ class Ledger:
         name = reading.identity.device
         book = self._devices.get(name)
         if book is None:
-            book = self._devices[name] = _DeviceBook(collector, now, now, now, reading)
+            book = self._devices[name] = self._new_book(collector, reading, now)
         dt = max(0.0, now - book.last_time)
         book.last_time = now
         book.reading = reading
         settings = self._settings
-        state = classify(reading, settings.idle_threshold)
+        state = classify(reading, settings.idle_threshold, settings.noise_floor)
+        if state != book.state:
+            book.state_since = now
         book.state = state
-        if state == ACTIVE:
+        if state in (ACTIVE, NO_STATE):  # a fully sliced MIG parent is not idle: its slices are
             book.last_active = now
-        book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
+        if state != NO_STATE:
+            book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
         if reading.busy_seconds is not None:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
@@ -184,6 +211,14 @@ class Ledger:
             target = settings.target_utilization
             waste = dollars * max(0.0, target - utilization) / target
             book.waste[owner_key] = book.waste.get(owner_key, 0.0) + waste
+
+    def _new_book(self, collector: str, reading: DeviceReading, now: float) -> _DeviceBook:
+        book = _DeviceBook(collector, now, now, now, reading, state_since=now)
+        mark = self._restored.pop(reading.identity.uuid, None) if reading.identity.uuid else None
+        if mark is not None:  # seen in an earlier run: its idle clock goes on
+            book.last_active = min(now, mark.last_active)
+            book.state, book.state_since = mark.state, min(now, mark.state_since)
+        return book
 
     @staticmethod
     def _energy(book: _DeviceBook, raw: float | None) -> None:
@@ -291,7 +326,7 @@ class Ledger:
             processes=book.processes,
             state=book.state,
             state_seconds=tuple(sorted(book.state_seconds.items())),
-            idle_seconds=0.0 if book.state == ACTIVE else max(0.0, now - book.last_active),
+            idle_seconds=0.0 if book.state in (ACTIVE, NO_STATE) else max(0.0, now - book.last_active),
             price_per_hour=self._prices.get(book.identity.device),
             owner=book.owner,
             cost=tuple(sorted(book.cost.items())),
@@ -299,6 +334,10 @@ class Ledger:
             waste=tuple(sorted(book.waste.items())),
             counters=tuple(sorted((m, labels, v) for (m, labels), v in book.counters.items())),
         )
+
+
+def _shifted(mark: IdleMark, offset: float) -> IdleMark:
+    return IdleMark(mark.last_active + offset, mark.state, mark.state_since + offset)
 
 
 def _natural(name: str) -> tuple[tuple[int, int | str], ...]:

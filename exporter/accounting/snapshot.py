@@ -35,7 +35,7 @@ class DeviceSnapshot:
     energy_joules_total: float | None
     process_count: int
     processes: tuple[ProcessSnapshot, ...]
-    state: str
+    state: str  # "" (NO_STATE) for a fully sliced MIG parent: no state series at all
     state_seconds: tuple[tuple[str, float], ...]
     idle_seconds: float
     price_per_hour: float | None

@@ -18,7 +18,7 @@ from exporter.config.model import (
     NeuronSettings,
     PricingSettings,
 )
-from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, yaml_document
+from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, finite_number, yaml_document
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -69,6 +69,7 @@ def _accounting(r: Reader) -> AccountingSettings:
     d = AccountingSettings()
     out = AccountingSettings(
         idle_threshold=r.number("idle_threshold", d.idle_threshold, minimum=0.0, maximum=1.0),
+        noise_floor=_noise_floor(r, d.noise_floor),
         target_utilization=r.number("target_utilization", d.target_utilization, minimum=0.01, maximum=1.0),
         max_processes_per_device=r.integer(
             "max_processes_per_device", d.max_processes_per_device, minimum=0, maximum=10000
@@ -77,6 +78,18 @@ def _accounting(r: Reader) -> AccountingSettings:
     )
     r.finish()
     return out
+
+
+def _noise_floor(r: Reader, default: float) -> float:
+    """0 <= noise_floor < 1: at 1 every device nobody holds would be idle_free whatever it computes."""
+    value = r.raw("noise_floor")
+    if value is None:
+        return default
+    number = finite_number(value)
+    if number is None or not 0.0 <= number < 1.0:
+        r.error("noise_floor", "a number from 0 up to, not including, 1 (e.g. 0.05)", value)
+        return default
+    return number
 
 
 def _host(r: Reader) -> HostSettings:

@@ -25,6 +25,9 @@ class AccountingSettings:
 
     # At or below this utilization (0-1) a device is idle; 0.01 follows gpu-pruner's noise floor.
     idle_threshold: float = 0.01
+    # A device no process holds is idle_free up to this utilization (0-1): monitoring agents and
+    # driver housekeeping show 1-2 % on an otherwise unused GPU; 0.05 leaves headroom above that.
+    noise_floor: float = 0.05
     # Waste is measured against this utilization (NVIDIA's SM-active 0.8 guidance).
     target_utilization: float = 0.8
     max_processes_per_device: int = 32

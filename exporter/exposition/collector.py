@@ -77,11 +77,12 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
         if d.energy_joules_total is not None:
             f.add("accel_energy_joules_total", [dev], d.energy_joules_total)
         f.add("accel_processes", [dev], d.process_count)
-        seconds = dict(d.state_seconds)
-        for state in STATES:
-            f.add("accel_state", [dev, state], 1 if d.state == state else 0)
-            f.add("accel_state_seconds_total", [dev, state], seconds.get(state, 0.0))
-        f.add("accel_idle_seconds", [dev], d.idle_seconds)
+        if d.state:  # a fully sliced MIG parent has none: its instances carry the GPU
+            seconds = dict(d.state_seconds)
+            for state in STATES:
+                f.add("accel_state", [dev, state], 1 if d.state == state else 0)
+                f.add("accel_state_seconds_total", [dev, state], seconds.get(state, 0.0))
+            f.add("accel_idle_seconds", [dev], d.idle_seconds)
         if d.price_per_hour is not None:
             f.add("accel_price_dollars_per_hour", [dev], d.price_per_hour)
         for (team, workload), value in d.cost:

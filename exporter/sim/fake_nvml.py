@@ -167,10 +167,21 @@ class FakeNvml:
     # --- identity -----------------------------------------------------------------------------
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
         gpu = self._gpu(handle, "nvmlDeviceGetUUID")
-        seed = f"{self.scenario.name}/{self.scenario.host.instance_id}/{gpu.index}"
         if handle.mig is not None:
-            return "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{seed}/mig{handle.mig.gi}"))
-        return gpu.uuid or "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, seed))
+            return "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{self._uuid_seed(gpu)}/mig{handle.mig.gi}"))
+        return self._gpu_uuid(gpu)
+
+    def _uuid_seed(self, gpu: Gpu) -> str:
+        return f"{self.scenario.name}/{self.scenario.host.instance_id}/{gpu.index}"
+
+    def _gpu_uuid(self, gpu: Gpu) -> str:
+        return gpu.uuid or "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, self._uuid_seed(gpu)))
+
+    def last_active_history(self) -> dict[str, float]:
+        """The scenario's `last_active` history: Unix time each GPU last computed, by UUID."""
+        return {
+            self._gpu_uuid(g): self._start_wall + g.last_active for g in self.scenario.gpus if g.last_active is not None
+        }
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         gpu = self._gpu(handle, "nvmlDeviceGetName")

@@ -71,6 +71,9 @@ class Gpu:
     mig: tuple[MigInstance, ...] = ()
     faults: tuple[Fault, ...] = ()
     uuid: str = ""
+    # History before the scenario starts: when the GPU last computed (scenario time, <= 0), which
+    # the demo hands to the idle clock as a state directory from an earlier run would.
+    last_active: float | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ def _gpu(g: Reader, position: int) -> Gpu:
         mig=tuple(mig),
         faults=_faults(g, "faults"),
         uuid=g.string("uuid", ""),
+        last_active=None if g.raw("last_active") is None else g.number("last_active", 0.0, maximum=0.0),
     )
     power.finish()
     g.finish()

@@ -65,6 +65,7 @@ class _Device:
     identity: DeviceIdentity
     is_mig: bool = False
     mig_enabled: bool = False
+    slices: int = 0  # compute slices of a MIG instance
     last_seen_us: int | None = None
     sample_period_us: int | None = None
     last_utilization: float | None = None
@@ -209,15 +210,28 @@ class NvmlSource:
             except nvml.NVMLError:
                 minor = index  # Windows and some containers: fall back to the enumeration index
             name = f"nvidia{minor}"
-            migs = self._mig_children(handle, name, model, driver)
+            total_slices, migs = self._mig_children(handle, name, model, driver)
         except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
             # One dead GPU (fallen off the bus before we started) must not hide the others. Other
             # errors may be transient: they fail the enumeration, which is retried as a whole.
             log.error("GPU at index %d cannot be identified (%s); it shows as nvidia%d, down", index, exc, index)
             identity = DeviceIdentity(f"nvidia{index}", "", "nvidia", "", "gpu", "", driver)
             return [_Device(None, identity, lost=True, unreadable=_reason(exc), index=index)]
-        remainder = max(0.0, 1.0 - sum(m.identity.price_units for m in migs)) if migs else 1.0
-        identity = DeviceIdentity(name, uuid, "nvidia", model, "gpu", "", driver, physical=True, price_units=remainder)
+        # In whole slices, not by subtracting floats: a fully sliced GPU leaves exactly 0 (not a
+        # 1e-16 residue that priced and alerted on the parent), a partly sliced one exactly k/7.
+        free = max(0, total_slices - sum(m.slices for m in migs))
+        identity = DeviceIdentity(
+            name,
+            uuid,
+            "nvidia",
+            model,
+            "gpu",
+            "",
+            driver,
+            physical=True,
+            price_units=free / total_slices if migs else 1.0,
+            mig_parent=bool(migs),
+        )
         return [_Device(handle, identity, mig_enabled=bool(migs), index=index), *migs]
 
     def _set_devices(self, devices: list[_Device]) -> None:
@@ -294,15 +308,16 @@ class NvmlSource:
         if found:
             self._set_devices(devices)
 
-    def _mig_children(self, handle: Any, parent: str, model: str, driver: str) -> list[_Device]:
+    def _mig_children(self, handle: Any, parent: str, model: str, driver: str) -> tuple[int, list[_Device]]:
+        """The GPU's compute slice count and its MIG instances (none when MIG is off)."""
         nvml = self._nvml
+        total_slices = next((n for key, n in MIG_SLICES_BY_MODEL.items() if key in model), MIG_SLICES_DEFAULT)
         try:
             current, _pending = nvml.nvmlDeviceGetMigMode(handle)
         except nvml.NVMLError:
-            return []
+            return total_slices, []
         if current != nvml.NVML_DEVICE_MIG_ENABLE:
-            return []
-        total_slices = next((n for key, n in MIG_SLICES_BY_MODEL.items() if key in model), MIG_SLICES_DEFAULT)
+            return total_slices, []
         children = []
         for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
             try:
@@ -323,10 +338,10 @@ class NvmlSource:
                 parent=parent,
                 driver_version=driver,
                 physical=False,
-                price_units=min(1.0, slices / total_slices),
+                price_units=min(slices, total_slices) / total_slices,
             )
-            children.append(_Device(mig, identity, is_mig=True))
-        return children
+            children.append(_Device(mig, identity, is_mig=True, slices=min(slices, total_slices)))
+        return total_slices, children
 
     def _register_events(self) -> None:
         nvml = self._nvml
