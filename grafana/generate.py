@@ -6,13 +6,18 @@ dashboard SDK: the output is ordinary Grafana JSON (schemaVersion 39, Grafana >=
 data source as the `datasource` variable so file provisioning and the sidecar both work.
 
 Every query is filtered by the chained variables job -> instance -> device and by team. Series
-without a `team` label (device gauges) are restricted to the selected teams by joining the cost
-counters, which carry `team`: `... and on (job, instance, device) accel_cost_dollars_total{...}`.
+without a `team` label (device gauges) are restricted to the selected teams by TEAM_JOIN, which
+must not need a price: hosts with `price_source="none"` have no cost series, and only the money
+panels may go blank for them. A device's team shows on its cost counters (priced hosts) and on
+accel_process_info (any host); an unpriced device that no process holds has no team anywhere, so
+it is kept only when every team is selected. That is why the team variable's "All" value is ".*"
+(not ".+"): `team=~".*"` also matches the absent `team` label of accel_device_up.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +32,41 @@ XIDS_CRITICAL = "48|62|64|74|79|95|119|120"
 F_INST = 'job=~"$job",instance=~"$instance"'
 F_DEV = F_INST + ',device=~"$device"'
 F_TEAM = F_DEV + ',team=~"$team"'
-# Restrict a device-level vector (no `team` label) to devices charged to the selected teams.
-TEAM_JOIN = f"and on (job, instance, device) accel_cost_dollars_total{{{F_TEAM}}}"
+# Restrict a device-level vector (no `team` label) to the devices of the selected teams; see the
+# module docstring for why the last term keeps unowned unpriced devices under "All" only.
+TEAM_JOIN = (
+    "and on (job, instance, device) (\n"
+    f"  accel_cost_dollars_total{{{F_TEAM}}}\n"
+    f"  or accel_process_info{{{F_TEAM}}}\n"
+    f'  or accel_device_up{{{F_DEV},team=~"$team"}}\n'
+    ")"
+)
+TEAM_ALL = ".*"
 RI = "$__rate_interval"
+# What every series shows when nothing says which team owns a device (unpriced, no process).
+NO_OWNER = "unknown"
+# A query needs a price when it reads a money series outside TEAM_JOIN (see `needs_price`).
+MONEY_RE = re.compile(r"accel_\w*(?:dollars|cost_share)\w*")
 
 Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Target:
-    """One query of a panel."""
+    """One query of a panel; `priced` overrides `needs_price` for queries with a price-free branch."""
 
     expr: str
     legend: str = ""
     instant: bool = False
     table: bool = False
+    priced: bool | None = None
+
+    @property
+    def needs_price(self) -> bool:
+        """Whether the query may return nothing for a host with price_source="none"."""
+        if self.priced is not None:
+            return self.priced
+        return bool(MONEY_RE.search(self.expr.replace(TEAM_JOIN, "")))
 
 
 @dataclass
@@ -153,6 +178,7 @@ class Layout:
     """Places panels left to right on Grafana's 24-column grid and numbers them."""
 
     def __init__(self) -> None:
+        self.price_free: list[str] = []  # expressions that must return data for an unpriced host
         self.next_id = 1
         self.x = 0
         self.y = 0
@@ -173,6 +199,7 @@ class Layout:
     def panel(self, p: Panel) -> Json:
         pid = self.next_id
         self.next_id += 1
+        self.price_free.extend(t.expr for t in p.targets if not t.needs_price)
         out: Json = {
             "id": pid,
             "type": p.type,
@@ -209,7 +236,7 @@ class Layout:
         return [head, *inner]
 
 
-def _query_var(name: str, label: str, query: str) -> Json:
+def _query_var(name: str, label: str, query: str, all_value: str = ".+") -> Json:
     return {
         "name": name,
         "label": label,
@@ -221,7 +248,7 @@ def _query_var(name: str, label: str, query: str) -> Json:
         "sort": 1,
         "multi": True,
         "includeAll": True,
-        "allValue": ".+",
+        "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "hide": 0,
         "regex": "",
@@ -251,14 +278,27 @@ def templating() -> Json:
             _query_var(
                 "device", "Device", 'label_values(accel_device_info{job=~"$job",instance=~"$instance"}, device)'
             ),
+            # Teams from the cost counters and from the processes: an unpriced host has no cost series.
             _query_var(
-                "team", "Team", 'label_values(accel_cost_dollars_total{job=~"$job",instance=~"$instance"}, team)'
+                "team",
+                "Team",
+                'label_values({__name__=~"accel_cost_dollars_total|accel_process_info",'
+                'job=~"$job",instance=~"$instance"}, team)',
+                all_value=TEAM_ALL,
             ),
         ]
     }
 
 
-def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) -> Json:
+@dataclass(frozen=True)
+class Built:
+    """A generated dashboard and the expressions of it that must not need a price."""
+
+    json: Json
+    price_free: tuple[str, ...]
+
+
+def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) -> Built:
     """A complete dashboard with the shared variables, links and settings."""
     layout = Layout()
     panels: list[Json] = []
@@ -267,7 +307,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) 
             panels.extend(layout.row(item))
         else:
             panels.append(layout.panel(item))
-    return {
+    out: Json = {
         "id": None,
         "uid": uid,
         "title": title,
@@ -302,6 +342,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) 
         "templating": templating(),
         "panels": panels,
     }
+    return Built(out, tuple(layout.price_free))
 
 
 # --- shared queries ------------------------------------------------------------------------------
@@ -345,6 +386,45 @@ def effective_price_by_model() -> str:
         f"    (increase(accel_busy_seconds_total{{{F_DEV}}}[$__range]) {TEAM_JOIN})\n"
         f"    * on (job, instance, device) group_left (model) {info}\n"
         "  ) / 3600 > 0\n)"
+    )
+
+
+def _memory_by_team() -> str:
+    """Device memory held per (device, team), from the processes (exists without a price)."""
+    return (
+        f"sum by (job, instance, device, team) (\n"
+        f"    accel_process_memory_used_bytes{{{F_DEV}}}\n"
+        f"    * on (job, instance, device, pid) group_left (team) accel_process_info{{{F_TEAM}}}\n"
+        f"  )"
+    )
+
+
+def team_share() -> str:
+    """Each device's share (0-1] per team: of its cost where priced, else of the memory its processes hold."""
+    return (
+        "(\n"
+        f"  device_team:accel_cost_share:ratio_rate5m{{{F_TEAM}}}\n"
+        "  or on (job, instance, device) (\n"
+        f"  {_memory_by_team()}\n"
+        "  / on (job, instance, device) group_left ()\n"
+        f"  (sum by (job, instance, device) (accel_process_memory_used_bytes{{{F_DEV}}}) > 0)\n"
+        f"  unless on (job, instance, device) accel_price_dollars_per_hour{{{F_DEV}}}\n"
+        "  )\n"
+        ")"
+    )
+
+
+def device_owner() -> str:
+    """One series per device naming its team: the owner rule where priced, else the team of the process
+    holding most memory, else NO_OWNER (unpriced and unheld: kept under "All" only, see TEAM_JOIN)."""
+    return (
+        "(\n"
+        f'  device_team:accel_owner:info{{{F_TEAM},team!=""}}\n'
+        "  or on (job, instance, device)\n"
+        f"  (topk by (job, instance, device) (1, {_memory_by_team()}) * 0 + 1)\n"
+        "  or on (job, instance, device)\n"
+        f'  label_replace(accel_device_up{{{F_DEV},team=~"$team"}} * 0 + 1, "team", "{NO_OWNER}", "", "")\n'
+        ")"
     )
 
 
@@ -507,7 +587,7 @@ def exporter_health_row() -> Row:
 # --- the three dashboards ------------------------------------------------------------------------
 
 
-def fleet_overview() -> Json:
+def fleet_overview() -> Built:
     top = [
         stat(
             "Spend now ($/h)",
@@ -624,7 +704,7 @@ def fleet_overview() -> Json:
     )
 
 
-def host_detail() -> Json:
+def host_detail() -> Built:
     return dashboard(
         "accel-host-detail",
         "Accelerator host detail",
@@ -769,9 +849,9 @@ def host_detail() -> Json:
     )
 
 
-def team_cost() -> Json:
+def team_cost() -> Built:
     cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
-    share = f"device_team:accel_cost_share:ratio_rate5m{{{F_TEAM}}}"
+    share = team_share()
     return dashboard(
         "accel-team-cost",
         "Accelerator team cost",
@@ -827,15 +907,16 @@ def team_cost() -> Json:
             Panel(
                 "timeseries",
                 "Utilization by team",
-                "Busy fraction of the device time charged to each team: each device's busy rate is split between "
-                "teams by their share of its cost (device_team:accel_cost_share:ratio_rate5m), summed, and divided by "
-                "the team's device-equivalents. Devices with no price are not counted.",
+                "Busy fraction of the device time of each team: each device's busy rate is split between teams by "
+                "their share of its cost (device_team:accel_cost_share:ratio_rate5m) or, on hosts without a price, "
+                "of the device memory their processes hold; summed, and divided by the team's device-equivalents.",
                 "percentunit",
                 [
                     Target(
                         f"sum by (team) (\n  {share}\n  * on (job, instance, device) group_left ()\n"
                         f"  rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}])\n)\n/\nsum by (team) ({share})",
                         legend="{{team}}",
+                        priced=False,  # the memory branch works without a price
                     )
                 ],
                 defaults={"min": 0, "max": 1},
@@ -893,12 +974,13 @@ def team_cost() -> Json:
             Panel(
                 "bargauge",
                 "Idle accelerators by team now",
-                "Devices idle now, by the team charged most for them (device_team:accel_owner:info).",
+                "Devices idle now, by owning team: the team charged most for them (device_team:accel_owner:info); "
+                f"on hosts without a price, the team of the process holding most memory, else {NO_OWNER}.",
                 "short",
                 [
                     Target(
                         f'sum by (team) (\n  accel_state{{{F_DEV},state=~"idle_held|idle_free"}}\n'
-                        f"  * on (job, instance, device) group_left (team) device_team:accel_owner:info{{{F_TEAM}}}\n)",
+                        f"  * on (job, instance, device) group_left (team) {device_owner()}\n)",
                         legend="{{team}}",
                         instant=True,
                     )
@@ -919,7 +1001,12 @@ DASHBOARDS = {
 
 def render(name: str) -> str:
     """The JSON text of one dashboard, exactly as committed."""
-    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(DASHBOARDS[name]().json, indent=2, ensure_ascii=False) + "\n"
+
+
+def price_free_queries(name: str) -> tuple[str, ...]:
+    """The queries of one dashboard that must return data for a host with price_source="none"."""
+    return DASHBOARDS[name]().price_free
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,10 @@
 
 - identity: stable uid (<= 40 chars), "id": null, pinned schemaVersion, tags, no __inputs;
 - one `datasource` variable, used by every panel and query; chained job -> instance -> device and
-  team variables from label_values(), multi-select with allValue ".+";
+  team variables from label_values(), multi-select with allValue ".+" (team: ".*", see below);
+- hosts without a price (price_source="none") stay visible: the team variable and every query
+  outside the money panels work without a cost series (tests/test_e2e_bundle.py runs them against
+  an unpriced host);
 - panels: only timeseries/stat/bargauge/table/row, a title, a description and a unit on each, on
   the 24-column grid without overlaps;
 - queries: $__rate_interval in every rate()/increase() (increase(x[$__range]) for period stats),
@@ -47,6 +50,10 @@ VARIABLE_MATCHERS = {
     "team": 'team=~"$team"',
 }
 SELECTOR_RE = re.compile(r"([a-zA-Z_][\w:]*)\s*(\{[^{}]*\})?")
+ALL_VALUES = {"job": ".+", "instance": ".+", "device": ".+", "team": ".*"}
+PERIOD_FUNCTIONS = {"increase"}
+# Panels allowed to need a price: their titles name money.
+MONEY_TITLE_RE = re.compile(r"\$|spend|waste|saving|save|price|cost", re.I)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def test_variables(name: str) -> None:
     for var, parents in chain.items():
         v = variables[var]
         assert v["type"] == "query" and v["datasource"] == DS
-        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".+"
+        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ALL_VALUES[var]
         assert re.fullmatch(rf"label_values\(.+,\s*{var}\)", v["definition"])
         assert v["query"]["query"] == v["definition"]
         for parent in parents:
@@ -178,7 +185,7 @@ def test_query(name: str, title: str, expr: str) -> None:
         assert window in ("$__rate_interval", "$__range"), f"fixed range [{window}]"
     for fn, window in re.findall(r"\b(\w+)\((?:[^()]|\([^()]*\))*?\[([^\]]+)\]", expr):
         if window == "$__range":
-            assert fn == "increase", f"$__range is only for increase() period stats, found {fn}()"
+            assert fn in PERIOD_FUNCTIONS, f"$__range is only for period stats ({PERIOD_FUNCTIONS}), found {fn}()"
     for fn in re.findall(r"\b(rate|irate|increase|delta|deriv)\s*\(", expr):
         assert fn != "irate", "irate hides spikes; use rate"
     # Every selector is filtered by every variable whose label its series carries.
@@ -246,3 +253,29 @@ def test_lint_can_fail() -> None:
     ]
     assert selectors("team:accel_utilization:ratio_rate5m") == [("team:accel_utilization:ratio_rate5m", "")]
     assert "team" in metric_labels("accel_cost_dollars_total")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_only_money_panels_need_a_price(name: str) -> None:
+    """Utilization, state, idle and device panels must keep showing hosts with price_source="none"."""
+    price_free = set(generator().price_free_queries(name))
+    for p in panels(load(name)):
+        if p["type"] == "row" or MONEY_TITLE_RE.search(p["title"]):
+            continue
+        for t in p["targets"]:
+            assert t["expr"] in price_free, f"{p['title']} [{t['refId']}] needs a cost series"
+
+
+def test_price_classification_can_fail() -> None:
+    gen = generator()
+    assert gen.Target(f"sum(accel_cost_dollars_total{{{gen.F_TEAM}}})").needs_price
+    assert gen.Target(f"accel_idle_seconds{{{gen.F_DEV}}} {gen.TEAM_JOIN}").needs_price is False
+    assert gen.Target("sum(accel_price_dollars_per_hour)").needs_price
+    # needs_price ignores TEAM_JOIN, so the join itself must work without cost series.
+    assert "accel_process_info" in gen.TEAM_JOIN and "accel_device_up" in gen.TEAM_JOIN
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_team_variable_does_not_need_a_price(name: str) -> None:
+    team = next(v for v in load(name)["templating"]["list"] if v["name"] == "team")
+    assert "accel_process_info" in team["definition"], "unpriced hosts have no cost series to take teams from"
