@@ -45,8 +45,15 @@ TEAM_ALL = ".*"
 RI = "$__rate_interval"
 # What every series shows when nothing says which team owns a device (unpriced, no process).
 NO_OWNER = "unknown"
+# Rightsizing: accelerators are sized so that the p95 busy load runs at this utilization.
+RIGHTSIZE_TARGET = 0.7
+HOURS_PER_MONTH = 720  # 30 days, as the other monthly projections
 # A query needs a price when it reads a money series outside TEAM_JOIN (see `needs_price`).
 MONEY_RE = re.compile(r"accel_\w*(?:dollars|cost_share)\w*")
+ALERTS_SELECTOR = 'ALERTS{alertstate="firing",alertname=~"Accelerator.*",job=~"$job"'
+TEAM_ALERTS = ',team=~"$team"'  # fleet and team alerts carry no instance; "All" (.*) keeps team-less ones
+HOST_ALERTS = ',instance=~"$instance"'
+UIDS = {"fleet": "accel-fleet-overview", "host": "accel-host-detail", "team": "accel-team-cost"}
 
 Json = dict[str, Any]
 
@@ -298,7 +305,64 @@ class Built:
     price_free: tuple[str, ...]
 
 
-def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) -> Built:
+def dashboard_links(uid: str) -> list[Json]:
+    """Links to the two other dashboards, carrying the data source, job, instance, team and time."""
+    names = {UIDS["fleet"]: "Fleet overview", UIDS["host"]: "Host detail", UIDS["team"]: "Team cost"}
+    return [
+        {
+            "title": title,
+            "type": "link",
+            "url": dashboard_url(other),
+            "tags": [],
+            "asDropdown": False,
+            "includeVars": False,
+            "keepTime": True,
+            "icon": "dashboard",
+            "targetBlank": False,
+            "tooltip": f"Open {title} with the same data source, job, instance and team",
+        }
+        for other, title in names.items()
+        if other != uid
+    ]
+
+
+def dashboard_url(uid: str, instance: str = "${instance:queryparam}", team: str = "${team:queryparam}") -> str:
+    """A relative link to dashboard `uid` keeping $datasource and $job; instance and team as given."""
+    return f"/d/{uid}?${{datasource:queryparam}}&${{job:queryparam}}&{instance}&{team}"
+
+
+def data_link(uid: str, title: str, instance: str = "", team: str = "") -> Json:
+    """A panel data link to `uid` for the clicked series: `instance`/`team` are the value expressions."""
+    url = dashboard_url(
+        uid,
+        f"var-instance={instance}" if instance else "${instance:queryparam}",
+        f"var-team={team}" if team else "${team:queryparam}",
+    )
+    return {"title": title, "url": url + "&${__url_time_range}", "targetBlank": False}
+
+
+def alert_annotations(extra: str = "") -> Json:
+    """Firing Accelerator* alerts (Prometheus ALERTS) as annotations, with the built-in ones."""
+    return {
+        "list": [
+            {
+                "name": "Accelerator alerts",
+                "datasource": DS,
+                "enable": True,
+                "hide": False,
+                "iconColor": "red",
+                "expr": f"{ALERTS_SELECTOR}{extra}}}",
+                "step": "60s",
+                "titleFormat": "{{alertname}}",
+                "textFormat": "{{severity}} {{team}} {{instance}} {{device}}",
+                "tagKeys": "alertname,severity,team",
+                "useValueForTime": False,
+            }
+        ]
+    }
+
+
+def dashboard(uid: str, title: str, description: str, items: list[Panel | Row], alerts_filter: str = "") -> Built:
     """A complete dashboard with the shared variables, links and settings."""
     layout = Layout()
     panels: list[Json] = []
@@ -324,21 +388,8 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) 
         "fiscalYearStartMonth": 0,
         "liveNow": False,
         "weekStart": "",
-        "annotations": {"list": []},
-        "links": [
-            {
-                "title": "accel-cost dashboards",
-                "type": "dashboards",
-                "tags": [TAG],
-                "asDropdown": True,
-                "includeVars": True,
-                "keepTime": True,
-                "icon": "external link",
-                "targetBlank": False,
-                "tooltip": "",
-                "url": "",
-            }
-        ],
+        "annotations": alert_annotations(alerts_filter),
+        "links": dashboard_links(uid),
         "templating": templating(),
         "panels": panels,
     }
@@ -458,6 +509,7 @@ def processes_table(w: int = 24) -> Panel:
         ],
         w=w,
         h=9,
+        defaults={"links": [to_host("${__data.fields.instance}"), to_team("${__data.fields.team}")]},
         overrides=[
             {"matcher": {"id": "byName", "options": "Memory held"}, "properties": [{"id": "unit", "value": "bytes"}]},
             {
@@ -496,9 +548,17 @@ def stat(
     return Panel("stat", title, description, unit, [Target(expr, instant=instant)], w=w, h=4, defaults=defaults)
 
 
-def money_series(title: str, description: str, targets: list[Target], stacked: bool = False, w: int = 12) -> Panel:
+def money_series(
+    title: str,
+    description: str,
+    targets: list[Target],
+    stacked: bool = False,
+    w: int = 12,
+    links: list[Json] | None = None,
+) -> Panel:
     custom: Json = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30} if stacked else {}
-    return Panel("timeseries", title, description, "currencyUSD", targets, w=w, custom=custom)
+    defaults: Json = {"links": links} if links else {}
+    return Panel("timeseries", title, description, "currencyUSD", targets, w=w, custom=custom, defaults=defaults)
 
 
 def effective_price_panel() -> Panel:
@@ -584,6 +644,151 @@ def exporter_health_row() -> Row:
     )
 
 
+def to_host(field: str = "${__field.labels.instance}") -> Json:
+    """Data link from a per-host series (or table row, with `${__data.fields.instance}`) to host detail."""
+    return data_link(UIDS["host"], f"Host detail for {field}", instance=field)
+
+
+def to_team(field: str = "${__field.labels.team}") -> Json:
+    """Data link from a per-team series (or table row) to the team cost dashboard for that team."""
+    return data_link(UIDS["team"], f"Team cost for {field}", team=field)
+
+
+def with_instance_type(expr: str) -> str:
+    """Add the host's instance_type (from accel_instance_info) to a vector keyed by job and instance."""
+    return f"{expr}\n* on (job, instance) group_left (instance_type) accel_instance_info{{{F_INST}}}"
+
+
+def waste_table() -> Panel:
+    by = "job, team, instance"
+    cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
+    return Panel(
+        "table",
+        "Waste by team, host and instance type (time range)",
+        "Over the dashboard's time range, per team on each host: utilization-weighted waste "
+        "(accel_waste_dollars_total), idle spend and spend, with the host's instance type from "
+        "accel_instance_info. Sorted by waste, the money not turned into work at the target utilization. "
+        "Hosts without a price (price_source none) have no money and are not listed; see AcceleratorPriceUnknown.",
+        "currencyUSD",
+        [
+            Target(f"sort_desc(\n{with_instance_type(period_sum(waste, by))}\n)", instant=True, table=True),
+            Target(with_instance_type(period_sum(idle, by)), instant=True, table=True),
+            Target(with_instance_type(period_sum(cost, by)), instant=True, table=True),
+        ],
+        w=24,
+        h=9,
+        defaults={"links": [to_host("${__data.fields.instance}"), to_team("${__data.fields.team}")]},
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True},
+                    "indexByName": {"team": 0, "instance": 1, "instance_type": 2, "Value #A": 3},
+                    "renameByName": {"Value #A": "Waste", "Value #B": "Idle spend", "Value #C": "Spend"},
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": "Waste", "desc": True}]}},
+        ],
+    )
+
+
+def host_bars(title: str, description: str, expr: str) -> Panel:
+    """Bars of a per-instance money figure, each linking to that host's detail."""
+    return Panel(
+        "bargauge",
+        title,
+        description,
+        "currencyUSD",
+        [Target(expr, legend="{{instance}}", instant=True)],
+        defaults={"links": [to_host()]},
+    )
+
+
+def idle_spend_by_host() -> Panel:
+    return host_bars(
+        "Idle spend by host (time range)",
+        "Money each host spent on idle accelerators (idle_held + idle_free) over the dashboard's time range, "
+        "most first. Click a bar for the host's detail.",
+        f"sort_desc({period_sum('accel_idle_cost_dollars_total', 'instance')})",
+    )
+
+
+def rightsizing() -> Panel:
+    held = f"instance:accel_devices:count{{{F_INST}}}"
+    p95 = f"quantile_over_time(0.95, instance:accel_busy_seconds:rate5m{{{F_INST}}}[$__range])"
+    needed = f"ceil({p95} / {RIGHTSIZE_TARGET})"
+    price_each = f"(accel_instance_price_dollars_per_hour{{{F_INST}}} / on (job, instance) {held})"
+    savings = f"clamp_min({held} - {needed}, 0)\n* on (job, instance) {price_each}\n* {HOURS_PER_MONTH}"
+    pct = f"{RIGHTSIZE_TARGET:.0%}".replace("%", " %")
+    return Panel(
+        "table",
+        f"What rightsizing would save (time range, {pct} target)",
+        f"Per host, over the time range: accelerators held (instance:accel_devices:count), the p95 of busy "
+        f"device-equivalents (instance:accel_busy_seconds:rate5m), the accelerators that p95 load needs at "
+        f"{pct} utilization (ceil(p95 / {RIGHTSIZE_TARGET})), and what the rest would save per 30-day month at "
+        f"the host's price per accelerator (instance price / accelerators held). Whole hosts, so the $job "
+        f"and $instance filters apply, not $device or $team; hosts without a price show no saving.",
+        "short",
+        [
+            Target(with_instance_type(held), instant=True, table=True),
+            Target(with_instance_type(p95), instant=True, table=True),
+            Target(with_instance_type(needed), instant=True, table=True),
+            Target(f"sort_desc(\n{with_instance_type(savings)}\n)", instant=True, table=True),
+        ],
+        w=24,
+        h=9,
+        defaults={"links": [to_host("${__data.fields.instance}")]},
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "Saving per month"},
+                "properties": [{"id": "unit", "value": "currencyUSD"}],
+            },
+            {"matcher": {"id": "byName", "options": "p95 busy"}, "properties": [{"id": "decimals", "value": 2}]},
+        ],
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True},
+                    "indexByName": {"instance": 0, "instance_type": 1},
+                    "renameByName": {
+                        "Value #A": "Accelerators held",
+                        "Value #B": "p95 busy",
+                        "Value #C": f"Needed at {pct}",
+                        "Value #D": "Saving per month",
+                    },
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": "Saving per month", "desc": True}]}},
+        ],
+    )
+
+
+def firing_alerts(extra: str, w: int = 24) -> Panel:
+    """Table of the firing Accelerator* alerts (Prometheus ALERTS), `extra` adding label matchers."""
+    return Panel(
+        "table",
+        "Firing accelerator alerts",
+        "Accelerator* alerts firing now (Prometheus' ALERTS series), with their team, host and device. The same "
+        "alerts show as red annotations on the time series panels; docs/runbook.md says what to do for each.",
+        "short",
+        [Target(f"{ALERTS_SELECTOR}{extra}}}", instant=True, table=True)],
+        w=w,
+        h=6,
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True, "__name__": True, "alertstate": True},
+                    "indexByName": {"alertname": 0, "severity": 1, "team": 2, "instance": 3, "device": 4},
+                },
+            }
+        ],
+    )
+
+
 # --- the three dashboards ------------------------------------------------------------------------
 
 
@@ -664,19 +869,12 @@ def fleet_overview() -> Built:
                     "thresholds": thresholds(("orange", 0.4), ("red", 0.7)),
                 },
             ),
-            Panel(
-                "bargauge",
+            host_bars(
                 "Top idle instances ($/h now)",
                 "The ten instances spending most on idle accelerators right now.",
-                "currencyUSD",
-                [
-                    Target(
-                        f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
-                        legend="{{instance}}",
-                        instant=True,
-                    )
-                ],
+                f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
             ),
+            idle_spend_by_host(),
             Panel(
                 "timeseries",
                 "Accelerators by state",
@@ -690,17 +888,22 @@ def fleet_overview() -> Built:
                 "Hourly spend per team (team label of accel_cost_dollars_total).",
                 [Target(rate_sum("accel_cost_dollars_total", "team"), legend="{{team}}")],
                 stacked=True,
+                links=[to_team()],
             ),
             money_series(
                 "Idle spend by team ($/h)",
                 "Hourly spend on idle accelerators per team.",
                 [Target(rate_sum("accel_idle_cost_dollars_total", "team"), legend="{{team}}")],
                 stacked=True,
+                links=[to_team()],
             ),
             effective_price_panel(),
             processes_table(w=12),
+            rightsizing(),
+            firing_alerts(TEAM_ALERTS),
             exporter_health_row(),
         ],
+        alerts_filter=TEAM_ALERTS,
     )
 
 
@@ -806,6 +1009,7 @@ def host_detail() -> Built:
                     {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}
                 ],
             ),
+            firing_alerts(HOST_ALERTS),
             Row(
                 "Device errors",
                 [
@@ -846,6 +1050,7 @@ def host_detail() -> Built:
             ),
             exporter_health_row(),
         ],
+        alerts_filter=HOST_ALERTS,
     )
 
 
@@ -919,7 +1124,7 @@ def team_cost() -> Built:
                         priced=False,  # the memory branch works without a price
                     )
                 ],
-                defaults={"min": 0, "max": 1},
+                defaults={"min": 0, "max": 1, "links": [to_team()]},
             ),
             money_series(
                 "Waste by team ($/h)",
@@ -963,6 +1168,7 @@ def team_cost() -> Built:
                     {"id": "sortBy", "options": {"sort": [{"field": "Idle spend", "desc": True}]}},
                 ],
             ),
+            waste_table(),
             Panel(
                 "bargauge",
                 "Idle spend by team and state (time range)",
@@ -988,7 +1194,9 @@ def team_cost() -> Built:
             ),
             effective_price_panel(),
             processes_table(w=12),
+            firing_alerts(TEAM_ALERTS),
         ],
+        alerts_filter=TEAM_ALERTS,
     )
 
 

@@ -14,7 +14,7 @@ Started as real subprocesses on 127.0.0.1 only:
   receivers post to a webhook server inside this test.
 
 Checks: every rule loads and evaluates cleanly; every recording rule has values; every query of
-every dashboard panel (and every variable) returns data; every query outside the
+every dashboard panel and annotation (and every variable) returns data; every query outside the
 money panels, and the team variable, return data for the unpriced host; a derived alert reaches the webhook
 through the example routing tree, info alerts do not; killing an exporter raises
 AcceleratorExporterDown to the platform receiver.
@@ -223,8 +223,10 @@ class Stack:
     webhook: Webhook
     procs: list[Proc]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query, evaluated now or at Unix time `at`."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode(params)
         status, body = http_get(url)
         data = json.loads(body)
         assert status == 200 and data["status"] == "success", f"query failed: {expr}\n{data.get('error')}"
@@ -384,13 +386,15 @@ def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title + refId, expr) of every query of every dashboard."""
+    """(dashboard file, panel title + refId or annotation name, expr) of every query of every dashboard."""
     out = []
     for path in sorted(GRAFANA.glob("*.json")):
         dashboard = json.loads(path.read_text())
         for panel in all_panels(dashboard):
             for target in panel.get("targets", []):
                 out.append((path.name, f"{panel['title']} [{target['refId']}]", target["expr"]))
+        for annotation in dashboard["annotations"]["list"]:
+            out.append((path.name, f"annotation {annotation['name']}", annotation["expr"]))
     return out
 
 
@@ -464,6 +468,7 @@ def test_recording_rules_produce_values(stack: Stack) -> None:
         time.sleep(1)
         missing = empty()
     assert missing == []
+
     # Shape checks on real data: the fleet has the devices of every scenario, utilization is a ratio.
     devices = float(stack.query(f'job:accel_devices:count{{job="{JOB}"}}')[0]["value"][1])
     assert devices == len(stack.query(f'accel_busy_seconds_total{{job="{JOB}"}}'))
@@ -525,6 +530,27 @@ def test_unpriced_host_stays_on_the_dashboards(stack: Stack, team: str) -> None:
     assert len(queries) > (10 if team else 25)
     bad = without_data(stack, queries)
     assert bad == [], "queries without data for the unpriced host:\n" + "\n".join(bad)
+
+
+def test_rightsizing_on_the_idle_p4d(stack: Stack) -> None:
+    """The p4d scenario (8 GPUs, about 22 % busy) needs at most 4 GPUs at 70 %; the rest is the saving."""
+    panel = next(
+        p
+        for p in all_panels(json.loads((GRAFANA / "fleet-overview.json").read_text()))
+        if p["title"].startswith("What rightsizing would save")
+    )
+    address = stack.exporters["p4d-idle-fleet"][0]
+
+    def columns() -> list[float] | None:
+        at = time.time()  # one evaluation time for every column: the p95 window slides
+        found = [stack.query(substitute(t["expr"], instance=address), at) for t in panel["targets"]]
+        found.append(stack.query(f'accel_instance_price_dollars_per_hour{{instance="{address}"}}', at))
+        values = [float(r[0]["value"][1]) for r in found] if all(found) else []
+        return values if values and values[1] > 0 else None  # p95 0: under a minute of busy history yet
+
+    held, p95, needed, saving, price = wait_for("the rightsizing columns", columns, 40, stack.procs)
+    assert held == 8 and p95 < 2.8 and needed == math.ceil(p95 / 0.7) <= 4, (held, p95, needed)
+    assert saving == pytest.approx((held - needed) * price / held * 720)
 
 
 def test_every_dashboard_variable_has_values(stack: Stack) -> None:
