@@ -470,8 +470,12 @@ def test_recording_rules_produce_values(stack: Stack) -> None:
     assert missing == []
 
     # Shape checks on real data: the fleet has the devices of every scenario, utilization is a ratio.
-    devices = float(stack.query(f'job:accel_devices:count{{job="{JOB}"}}')[0]["value"][1])
-    assert devices == len(stack.query(f'accel_busy_seconds_total{{job="{JOB}"}}'))
+    # A host's devices can appear a scrape after the rule last ran (neuron-monitor starts slowly): wait.
+    def devices_counted() -> bool:
+        devices = float(stack.query(f'job:accel_devices:count{{job="{JOB}"}}')[0]["value"][1])
+        return devices == len(stack.query(f'accel_busy_seconds_total{{job="{JOB}"}}'))
+
+    wait_for("job:accel_devices:count to count every device", devices_counted, 30, stack.procs)
     util = float(stack.query(f'job:accel_utilization:ratio_rate5m{{job="{JOB}"}}')[0]["value"][1])
     assert 0.0 < util < 1.0
     # Exactly one owner series per device, each naming a team where the host is priced (a device
