@@ -353,3 +353,17 @@ def test_issue_11_panels() -> None:
 
     with_alerts = {n for n in FILES for p in panels(load(n)) if p["title"] == "Firing accelerator alerts"}
     assert with_alerts == set(FILES)
+
+
+def test_docs_describe_the_dashboards() -> None:
+    """docs/dashboards.md names each dashboard, its uid and each bold panel title, and the rightsizing figures."""
+    doc = (ROOT / "docs" / "dashboards.md").read_text()
+    gen = generator()
+    for name in FILES:
+        d = load(name)
+        assert f"`{d['uid']}`" in doc and d["title"] in doc, name
+    titles = [p["title"] for n in FILES for p in panels(load(n))]
+    for bold in re.findall(r"^- \*\*(.+?)\*\*", doc, re.M):
+        assert any(t.startswith(bold) for t in titles), f"docs/dashboards.md names a panel that does not exist: {bold}"
+    assert f"p95 / {gen.RIGHTSIZE_TARGET})" in doc and f"{gen.HOURS_PER_MONTH} h" in doc
+    assert f"`{gen.NO_OWNER}`" in doc
