@@ -727,8 +727,8 @@ def rightsizing() -> Panel:
         f"Per host, over the time range: accelerators held (instance:accel_devices:count), the p95 of busy "
         f"device-equivalents (instance:accel_busy_seconds:rate5m), the accelerators that p95 load needs at "
         f"{pct} utilization (ceil(p95 / {RIGHTSIZE_TARGET})), and what the rest would save per 30-day month at "
-        f"the host's price per accelerator (instance price / accelerators held). Whole hosts, so the $job "
-        f"and $instance filters apply, not $device or $team; hosts without a price show no saving.",
+        f"the host's price per accelerator (instance price / accelerators held). Whole hosts, so the Job "
+        f"and Instance variables apply, not Device or Team; hosts without a price show no saving.",
         "short",
         [
             Target(with_instance_type(held), instant=True, table=True),

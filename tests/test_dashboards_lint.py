@@ -160,6 +160,8 @@ def test_panels(name: str) -> None:
         if p["type"] == "row":
             continue
         assert len(p["description"]) > 20, p["title"]
+        # Grafana interpolates descriptions: "$team" would show the selected teams' regex.
+        assert not re.search(r"\$\{?[a-z_]", p["description"]), f"{p['title']}: variable in the description"
         assert p["datasource"] == DS
         assert p["fieldConfig"]["defaults"]["unit"] in UNITS, p["title"]
         assert p["targets"], p["title"]
