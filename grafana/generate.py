@@ -342,7 +342,7 @@ def data_link(uid: str, title: str, instance: str = "", team: str = "") -> Json:
 
 
 def alert_annotations(extra: str = "") -> Json:
-    """Firing Accelerator* alerts (Prometheus ALERTS) as annotations, with the built-in ones."""
+    """The dashboard annotations: firing Accelerator* alerts (Prometheus ALERTS), `extra` adding matchers."""
     return {
         "list": [
             {
