@@ -6,13 +6,18 @@ dashboard SDK: the output is ordinary Grafana JSON (schemaVersion 39, Grafana >=
 data source as the `datasource` variable so file provisioning and the sidecar both work.
 
 Every query is filtered by the chained variables job -> instance -> device and by team. Series
-without a `team` label (device gauges) are restricted to the selected teams by joining the cost
-counters, which carry `team`: `... and on (job, instance, device) accel_cost_dollars_total{...}`.
+without a `team` label (device gauges) are restricted to the selected teams by TEAM_JOIN, which
+must not need a price: hosts with `price_source="none"` have no cost series, and only the money
+panels may go blank for them. A device's team shows on its cost counters (priced hosts) and on
+accel_process_info (any host); an unpriced device that no process holds has no team anywhere, so
+it is kept only when every team is selected. That is why the team variable's "All" value is ".*"
+(not ".+"): `team=~".*"` also matches the absent `team` label of accel_device_up.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +32,48 @@ XIDS_CRITICAL = "48|62|64|74|79|95|119|120"
 F_INST = 'job=~"$job",instance=~"$instance"'
 F_DEV = F_INST + ',device=~"$device"'
 F_TEAM = F_DEV + ',team=~"$team"'
-# Restrict a device-level vector (no `team` label) to devices charged to the selected teams.
-TEAM_JOIN = f"and on (job, instance, device) accel_cost_dollars_total{{{F_TEAM}}}"
+# Restrict a device-level vector (no `team` label) to the devices of the selected teams; see the
+# module docstring for why the last term keeps unowned unpriced devices under "All" only.
+TEAM_JOIN = (
+    "and on (job, instance, device) (\n"
+    f"  accel_cost_dollars_total{{{F_TEAM}}}\n"
+    f"  or accel_process_info{{{F_TEAM}}}\n"
+    f'  or accel_device_up{{{F_DEV},team=~"$team"}}\n'
+    ")"
+)
+TEAM_ALL = ".*"
 RI = "$__rate_interval"
+# What every series shows when nothing says which team owns a device (unpriced, no process).
+NO_OWNER = "unknown"
+# Rightsizing: accelerators are sized so that the p95 busy load runs at this utilization.
+RIGHTSIZE_TARGET = 0.7
+HOURS_PER_MONTH = 720  # 30 days, as the other monthly projections
+# A query needs a price when it reads a money series outside TEAM_JOIN (see `needs_price`).
+MONEY_RE = re.compile(r"accel_\w*(?:dollars|cost_share)\w*")
+ALERTS_SELECTOR = 'ALERTS{alertstate="firing",alertname=~"Accelerator.*",job=~"$job"'
+TEAM_ALERTS = ',team=~"$team"'  # fleet and team alerts carry no instance; "All" (.*) keeps team-less ones
+HOST_ALERTS = ',instance=~"$instance"'
+UIDS = {"fleet": "accel-fleet-overview", "host": "accel-host-detail", "team": "accel-team-cost"}
 
 Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Target:
-    """One query of a panel."""
+    """One query of a panel; `priced` overrides `needs_price` for queries with a price-free branch."""
 
     expr: str
     legend: str = ""
     instant: bool = False
     table: bool = False
+    priced: bool | None = None
+
+    @property
+    def needs_price(self) -> bool:
+        """Whether the query may return nothing for a host with price_source="none"."""
+        if self.priced is not None:
+            return self.priced
+        return bool(MONEY_RE.search(self.expr.replace(TEAM_JOIN, "")))
 
 
 @dataclass
@@ -153,6 +185,7 @@ class Layout:
     """Places panels left to right on Grafana's 24-column grid and numbers them."""
 
     def __init__(self) -> None:
+        self.price_free: list[str] = []  # expressions that must return data for an unpriced host
         self.next_id = 1
         self.x = 0
         self.y = 0
@@ -173,6 +206,7 @@ class Layout:
     def panel(self, p: Panel) -> Json:
         pid = self.next_id
         self.next_id += 1
+        self.price_free.extend(t.expr for t in p.targets if not t.needs_price)
         out: Json = {
             "id": pid,
             "type": p.type,
@@ -209,7 +243,7 @@ class Layout:
         return [head, *inner]
 
 
-def _query_var(name: str, label: str, query: str) -> Json:
+def _query_var(name: str, label: str, query: str, all_value: str = ".+") -> Json:
     return {
         "name": name,
         "label": label,
@@ -221,7 +255,7 @@ def _query_var(name: str, label: str, query: str) -> Json:
         "sort": 1,
         "multi": True,
         "includeAll": True,
-        "allValue": ".+",
+        "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "hide": 0,
         "regex": "",
@@ -251,14 +285,84 @@ def templating() -> Json:
             _query_var(
                 "device", "Device", 'label_values(accel_device_info{job=~"$job",instance=~"$instance"}, device)'
             ),
+            # Teams from the cost counters and from the processes: an unpriced host has no cost series.
             _query_var(
-                "team", "Team", 'label_values(accel_cost_dollars_total{job=~"$job",instance=~"$instance"}, team)'
+                "team",
+                "Team",
+                'label_values({__name__=~"accel_cost_dollars_total|accel_process_info",'
+                'job=~"$job",instance=~"$instance"}, team)',
+                all_value=TEAM_ALL,
             ),
         ]
     }
 
 
-def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) -> Json:
+@dataclass(frozen=True)
+class Built:
+    """A generated dashboard and the expressions of it that must not need a price."""
+
+    json: Json
+    price_free: tuple[str, ...]
+
+
+def dashboard_links(uid: str) -> list[Json]:
+    """Links to the two other dashboards, carrying the data source, job, instance, team and time."""
+    names = {UIDS["fleet"]: "Fleet overview", UIDS["host"]: "Host detail", UIDS["team"]: "Team cost"}
+    return [
+        {
+            "title": title,
+            "type": "link",
+            "url": dashboard_url(other),
+            "tags": [],
+            "asDropdown": False,
+            "includeVars": False,
+            "keepTime": True,
+            "icon": "dashboard",
+            "targetBlank": False,
+            "tooltip": f"Open {title} with the same data source, job, instance and team",
+        }
+        for other, title in names.items()
+        if other != uid
+    ]
+
+
+def dashboard_url(uid: str, instance: str = "${instance:queryparam}", team: str = "${team:queryparam}") -> str:
+    """A relative link to dashboard `uid` keeping $datasource and $job; instance and team as given."""
+    return f"/d/{uid}?${{datasource:queryparam}}&${{job:queryparam}}&{instance}&{team}"
+
+
+def data_link(uid: str, title: str, instance: str = "", team: str = "") -> Json:
+    """A panel data link to `uid` for the clicked series: `instance`/`team` are the value expressions."""
+    url = dashboard_url(
+        uid,
+        f"var-instance={instance}" if instance else "${instance:queryparam}",
+        f"var-team={team}" if team else "${team:queryparam}",
+    )
+    return {"title": title, "url": url + "&${__url_time_range}", "targetBlank": False}
+
+
+def alert_annotations(extra: str = "") -> Json:
+    """The dashboard annotations: firing Accelerator* alerts (Prometheus ALERTS), `extra` adding matchers."""
+    return {
+        "list": [
+            {
+                "name": "Accelerator alerts",
+                "datasource": DS,
+                "enable": True,
+                "hide": False,
+                "iconColor": "red",
+                "expr": f"{ALERTS_SELECTOR}{extra}}}",
+                "step": "60s",
+                "titleFormat": "{{alertname}}",
+                "textFormat": "{{severity}} {{team}} {{instance}} {{device}}",
+                "tagKeys": "alertname,severity,team",
+                "useValueForTime": False,
+            }
+        ]
+    }
+
+
+def dashboard(uid: str, title: str, description: str, items: list[Panel | Row], alerts_filter: str = "") -> Built:
     """A complete dashboard with the shared variables, links and settings."""
     layout = Layout()
     panels: list[Json] = []
@@ -267,7 +371,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) 
             panels.extend(layout.row(item))
         else:
             panels.append(layout.panel(item))
-    return {
+    out: Json = {
         "id": None,
         "uid": uid,
         "title": title,
@@ -284,24 +388,12 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row]) 
         "fiscalYearStartMonth": 0,
         "liveNow": False,
         "weekStart": "",
-        "annotations": {"list": []},
-        "links": [
-            {
-                "title": "accel-cost dashboards",
-                "type": "dashboards",
-                "tags": [TAG],
-                "asDropdown": True,
-                "includeVars": True,
-                "keepTime": True,
-                "icon": "external link",
-                "targetBlank": False,
-                "tooltip": "",
-                "url": "",
-            }
-        ],
+        "annotations": alert_annotations(alerts_filter),
+        "links": dashboard_links(uid),
         "templating": templating(),
         "panels": panels,
     }
+    return Built(out, tuple(layout.price_free))
 
 
 # --- shared queries ------------------------------------------------------------------------------
@@ -348,6 +440,45 @@ def effective_price_by_model() -> str:
     )
 
 
+def _memory_by_team() -> str:
+    """Device memory held per (device, team), from the processes (exists without a price)."""
+    return (
+        f"sum by (job, instance, device, team) (\n"
+        f"    accel_process_memory_used_bytes{{{F_DEV}}}\n"
+        f"    * on (job, instance, device, pid) group_left (team) accel_process_info{{{F_TEAM}}}\n"
+        f"  )"
+    )
+
+
+def team_share() -> str:
+    """Each device's share (0-1] per team: of its cost where priced, else of the memory its processes hold."""
+    return (
+        "(\n"
+        f"  device_team:accel_cost_share:ratio_rate5m{{{F_TEAM}}}\n"
+        "  or on (job, instance, device) (\n"
+        f"  {_memory_by_team()}\n"
+        "  / on (job, instance, device) group_left ()\n"
+        f"  (sum by (job, instance, device) (accel_process_memory_used_bytes{{{F_DEV}}}) > 0)\n"
+        f"  unless on (job, instance, device) accel_price_dollars_per_hour{{{F_DEV}}}\n"
+        "  )\n"
+        ")"
+    )
+
+
+def device_owner() -> str:
+    """One series per device naming its team: the owner rule where priced, else the team of the process
+    holding most memory, else NO_OWNER (unpriced and unheld: kept under "All" only, see TEAM_JOIN)."""
+    return (
+        "(\n"
+        f'  device_team:accel_owner:info{{{F_TEAM},team!=""}}\n'
+        "  or on (job, instance, device)\n"
+        f"  (topk by (job, instance, device) (1, {_memory_by_team()}) * 0 + 1)\n"
+        "  or on (job, instance, device)\n"
+        f'  label_replace(accel_device_up{{{F_DEV},team=~"$team"}} * 0 + 1, "team", "{NO_OWNER}", "", "")\n'
+        ")"
+    )
+
+
 PROCESS_LABELS = "team, workload, user, command, unit, pod, namespace"
 
 
@@ -378,6 +509,7 @@ def processes_table(w: int = 24) -> Panel:
         ],
         w=w,
         h=9,
+        defaults={"links": [to_host("${__data.fields.instance}"), to_team("${__data.fields.team}")]},
         overrides=[
             {"matcher": {"id": "byName", "options": "Memory held"}, "properties": [{"id": "unit", "value": "bytes"}]},
             {
@@ -416,9 +548,17 @@ def stat(
     return Panel("stat", title, description, unit, [Target(expr, instant=instant)], w=w, h=4, defaults=defaults)
 
 
-def money_series(title: str, description: str, targets: list[Target], stacked: bool = False, w: int = 12) -> Panel:
+def money_series(
+    title: str,
+    description: str,
+    targets: list[Target],
+    stacked: bool = False,
+    w: int = 12,
+    links: list[Json] | None = None,
+) -> Panel:
     custom: Json = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30} if stacked else {}
-    return Panel("timeseries", title, description, "currencyUSD", targets, w=w, custom=custom)
+    defaults: Json = {"links": links} if links else {}
+    return Panel("timeseries", title, description, "currencyUSD", targets, w=w, custom=custom, defaults=defaults)
 
 
 def effective_price_panel() -> Panel:
@@ -504,10 +644,155 @@ def exporter_health_row() -> Row:
     )
 
 
+def to_host(field: str = "${__field.labels.instance}") -> Json:
+    """Data link from a per-host series (or table row, with `${__data.fields.instance}`) to host detail."""
+    return data_link(UIDS["host"], f"Host detail for {field}", instance=field)
+
+
+def to_team(field: str = "${__field.labels.team}") -> Json:
+    """Data link from a per-team series (or table row) to the team cost dashboard for that team."""
+    return data_link(UIDS["team"], f"Team cost for {field}", team=field)
+
+
+def with_instance_type(expr: str) -> str:
+    """Add the host's instance_type (from accel_instance_info) to a vector keyed by job and instance."""
+    return f"{expr}\n* on (job, instance) group_left (instance_type) accel_instance_info{{{F_INST}}}"
+
+
+def waste_table() -> Panel:
+    by = "job, team, instance"
+    cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
+    return Panel(
+        "table",
+        "Waste by team, host and instance type (time range)",
+        "Over the dashboard's time range, per team on each host: utilization-weighted waste "
+        "(accel_waste_dollars_total), idle spend and spend, with the host's instance type from "
+        "accel_instance_info. Sorted by waste, the money not turned into work at the target utilization. "
+        "Hosts without a price (price_source none) have no money and are not listed; see AcceleratorPriceUnknown.",
+        "currencyUSD",
+        [
+            Target(f"sort_desc(\n{with_instance_type(period_sum(waste, by))}\n)", instant=True, table=True),
+            Target(with_instance_type(period_sum(idle, by)), instant=True, table=True),
+            Target(with_instance_type(period_sum(cost, by)), instant=True, table=True),
+        ],
+        w=24,
+        h=9,
+        defaults={"links": [to_host("${__data.fields.instance}"), to_team("${__data.fields.team}")]},
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True},
+                    "indexByName": {"team": 0, "instance": 1, "instance_type": 2, "Value #A": 3},
+                    "renameByName": {"Value #A": "Waste", "Value #B": "Idle spend", "Value #C": "Spend"},
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": "Waste", "desc": True}]}},
+        ],
+    )
+
+
+def host_bars(title: str, description: str, expr: str) -> Panel:
+    """Bars of a per-instance money figure, each linking to that host's detail."""
+    return Panel(
+        "bargauge",
+        title,
+        description,
+        "currencyUSD",
+        [Target(expr, legend="{{instance}}", instant=True)],
+        defaults={"links": [to_host()]},
+    )
+
+
+def idle_spend_by_host() -> Panel:
+    return host_bars(
+        "Idle spend by host (time range)",
+        "Money each host spent on idle accelerators (idle_held + idle_free) over the dashboard's time range, "
+        "most first. Click a bar for the host's detail.",
+        f"sort_desc({period_sum('accel_idle_cost_dollars_total', 'instance')})",
+    )
+
+
+def rightsizing() -> Panel:
+    held = f"instance:accel_devices:count{{{F_INST}}}"
+    p95 = f"quantile_over_time(0.95, instance:accel_busy_seconds:rate5m{{{F_INST}}}[$__range])"
+    needed = f"ceil({p95} / {RIGHTSIZE_TARGET})"
+    price_each = f"(accel_instance_price_dollars_per_hour{{{F_INST}}} / on (job, instance) {held})"
+    savings = f"clamp_min({held} - {needed}, 0)\n* on (job, instance) {price_each}\n* {HOURS_PER_MONTH}"
+    pct = f"{RIGHTSIZE_TARGET:.0%}".replace("%", " %")
+    return Panel(
+        "table",
+        f"What rightsizing would save (time range, {pct} target)",
+        f"Per host, over the time range: accelerators held (instance:accel_devices:count), the p95 of busy "
+        f"device-equivalents (instance:accel_busy_seconds:rate5m), the accelerators that p95 load needs at "
+        f"{pct} utilization (ceil(p95 / {RIGHTSIZE_TARGET})), and what the rest would save per 30-day month at "
+        f"the host's price per accelerator (instance price / accelerators held). Whole hosts, so the Job "
+        f"and Instance variables apply, not Device or Team; hosts without a price show no saving.",
+        "short",
+        [
+            Target(with_instance_type(held), instant=True, table=True),
+            Target(with_instance_type(p95), instant=True, table=True),
+            Target(with_instance_type(needed), instant=True, table=True),
+            Target(f"sort_desc(\n{with_instance_type(savings)}\n)", instant=True, table=True),
+        ],
+        w=24,
+        h=9,
+        defaults={"links": [to_host("${__data.fields.instance}")]},
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "Saving per month"},
+                "properties": [{"id": "unit", "value": "currencyUSD"}],
+            },
+            {"matcher": {"id": "byName", "options": "p95 busy"}, "properties": [{"id": "decimals", "value": 2}]},
+        ],
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True},
+                    "indexByName": {"instance": 0, "instance_type": 1},
+                    "renameByName": {
+                        "Value #A": "Accelerators held",
+                        "Value #B": "p95 busy",
+                        "Value #C": f"Needed at {pct}",
+                        "Value #D": "Saving per month",
+                    },
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": "Saving per month", "desc": True}]}},
+        ],
+    )
+
+
+def firing_alerts(extra: str, w: int = 24) -> Panel:
+    """Table of the firing Accelerator* alerts (Prometheus ALERTS), `extra` adding label matchers."""
+    return Panel(
+        "table",
+        "Firing accelerator alerts",
+        "Accelerator* alerts firing now (Prometheus' ALERTS series), with their team, host and device. The same "
+        "alerts show as red annotations on the time series panels; docs/runbook.md says what to do for each.",
+        "short",
+        [Target(f"{ALERTS_SELECTOR}{extra}}}", instant=True, table=True)],
+        w=w,
+        h=6,
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True, "__name__": True, "alertstate": True},
+                    "indexByName": {"alertname": 0, "severity": 1, "team": 2, "instance": 3, "device": 4},
+                },
+            }
+        ],
+    )
+
+
 # --- the three dashboards ------------------------------------------------------------------------
 
 
-def fleet_overview() -> Json:
+def fleet_overview() -> Built:
     top = [
         stat(
             "Spend now ($/h)",
@@ -584,19 +869,12 @@ def fleet_overview() -> Json:
                     "thresholds": thresholds(("orange", 0.4), ("red", 0.7)),
                 },
             ),
-            Panel(
-                "bargauge",
+            host_bars(
                 "Top idle instances ($/h now)",
                 "The ten instances spending most on idle accelerators right now.",
-                "currencyUSD",
-                [
-                    Target(
-                        f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
-                        legend="{{instance}}",
-                        instant=True,
-                    )
-                ],
+                f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
             ),
+            idle_spend_by_host(),
             Panel(
                 "timeseries",
                 "Accelerators by state",
@@ -610,21 +888,26 @@ def fleet_overview() -> Json:
                 "Hourly spend per team (team label of accel_cost_dollars_total).",
                 [Target(rate_sum("accel_cost_dollars_total", "team"), legend="{{team}}")],
                 stacked=True,
+                links=[to_team()],
             ),
             money_series(
                 "Idle spend by team ($/h)",
                 "Hourly spend on idle accelerators per team.",
                 [Target(rate_sum("accel_idle_cost_dollars_total", "team"), legend="{{team}}")],
                 stacked=True,
+                links=[to_team()],
             ),
             effective_price_panel(),
             processes_table(w=12),
+            rightsizing(),
+            firing_alerts(TEAM_ALERTS),
             exporter_health_row(),
         ],
+        alerts_filter=TEAM_ALERTS,
     )
 
 
-def host_detail() -> Json:
+def host_detail() -> Built:
     return dashboard(
         "accel-host-detail",
         "Accelerator host detail",
@@ -726,6 +1009,7 @@ def host_detail() -> Json:
                     {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}
                 ],
             ),
+            firing_alerts(HOST_ALERTS),
             Row(
                 "Device errors",
                 [
@@ -766,12 +1050,13 @@ def host_detail() -> Json:
             ),
             exporter_health_row(),
         ],
+        alerts_filter=HOST_ALERTS,
     )
 
 
-def team_cost() -> Json:
+def team_cost() -> Built:
     cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
-    share = f"device_team:accel_cost_share:ratio_rate5m{{{F_TEAM}}}"
+    share = team_share()
     return dashboard(
         "accel-team-cost",
         "Accelerator team cost",
@@ -827,18 +1112,19 @@ def team_cost() -> Json:
             Panel(
                 "timeseries",
                 "Utilization by team",
-                "Busy fraction of the device time charged to each team: each device's busy rate is split between "
-                "teams by their share of its cost (device_team:accel_cost_share:ratio_rate5m), summed, and divided by "
-                "the team's device-equivalents. Devices with no price are not counted.",
+                "Busy fraction of the device time of each team: each device's busy rate is split between teams by "
+                "their share of its cost (device_team:accel_cost_share:ratio_rate5m) or, on hosts without a price, "
+                "of the device memory their processes hold; summed, and divided by the team's device-equivalents.",
                 "percentunit",
                 [
                     Target(
                         f"sum by (team) (\n  {share}\n  * on (job, instance, device) group_left ()\n"
                         f"  rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}])\n)\n/\nsum by (team) ({share})",
                         legend="{{team}}",
+                        priced=False,  # the memory branch works without a price
                     )
                 ],
-                defaults={"min": 0, "max": 1},
+                defaults={"min": 0, "max": 1, "links": [to_team()]},
             ),
             money_series(
                 "Waste by team ($/h)",
@@ -882,6 +1168,7 @@ def team_cost() -> Json:
                     {"id": "sortBy", "options": {"sort": [{"field": "Idle spend", "desc": True}]}},
                 ],
             ),
+            waste_table(),
             Panel(
                 "bargauge",
                 "Idle spend by team and state (time range)",
@@ -893,12 +1180,13 @@ def team_cost() -> Json:
             Panel(
                 "bargauge",
                 "Idle accelerators by team now",
-                "Devices idle now, by the team charged most for them (device_team:accel_owner:info).",
+                "Devices idle now, by owning team: the team charged most for them (device_team:accel_owner:info); "
+                f"on hosts without a price, the team of the process holding most memory, else {NO_OWNER}.",
                 "short",
                 [
                     Target(
                         f'sum by (team) (\n  accel_state{{{F_DEV},state=~"idle_held|idle_free"}}\n'
-                        f"  * on (job, instance, device) group_left (team) device_team:accel_owner:info{{{F_TEAM}}}\n)",
+                        f"  * on (job, instance, device) group_left (team) {device_owner()}\n)",
                         legend="{{team}}",
                         instant=True,
                     )
@@ -906,7 +1194,9 @@ def team_cost() -> Json:
             ),
             effective_price_panel(),
             processes_table(w=12),
+            firing_alerts(TEAM_ALERTS),
         ],
+        alerts_filter=TEAM_ALERTS,
     )
 
 
@@ -919,7 +1209,12 @@ DASHBOARDS = {
 
 def render(name: str) -> str:
     """The JSON text of one dashboard, exactly as committed."""
-    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(DASHBOARDS[name]().json, indent=2, ensure_ascii=False) + "\n"
+
+
+def price_free_queries(name: str) -> tuple[str, ...]:
+    """The queries of one dashboard that must return data for a host with price_source="none"."""
+    return DASHBOARDS[name]().price_free
 
 
 def main(argv: list[str]) -> int:

@@ -2,10 +2,16 @@
 
 - identity: stable uid (<= 40 chars), "id": null, pinned schemaVersion, tags, no __inputs;
 - one `datasource` variable, used by every panel and query; chained job -> instance -> device and
-  team variables from label_values(), multi-select with allValue ".+";
+  team variables from label_values(), multi-select with allValue ".+" (team: ".*", see below);
+- hosts without a price (price_source="none") stay visible: the team variable and every query
+  outside the money panels work without a cost series (tests/test_e2e_bundle.py runs them against
+  an unpriced host);
+- links between the three dashboards carry $datasource, $instance and $team; firing Accelerator*
+  alerts show as annotations;
 - panels: only timeseries/stat/bargauge/table/row, a title, a description and a unit on each, on
   the 24-column grid without overlaps;
-- queries: $__rate_interval in every rate()/increase() (increase(x[$__range]) for period stats),
+- queries: $__rate_interval in every rate()/increase() (increase(x[$__range]) or
+  quantile_over_time(q, x[$__range]) for period stats),
   every selector filtered by the variables whose labels the series has, device-level queries
   restricted to the selected teams;
 - contract: every accel_* metric exists in exporter.catalogue, every rule name in alerts/;
@@ -47,6 +53,16 @@ VARIABLE_MATCHERS = {
     "team": 'team=~"$team"',
 }
 SELECTOR_RE = re.compile(r"([a-zA-Z_][\w:]*)\s*(\{[^{}]*\})?")
+ALL_VALUES = {"job": ".+", "instance": ".+", "device": ".+", "team": ".*"}
+PERIOD_FUNCTIONS = {"increase", "quantile_over_time"}
+ALERTS_LABELS = {"alertname", "alertstate", "severity"}
+# Panels allowed to need a price: their titles name money.
+MONEY_TITLE_RE = re.compile(r"\$|spend|waste|saving|save|price|cost", re.I)
+UIDS = {
+    "fleet-overview.json": "accel-fleet-overview",
+    "host-detail.json": "accel-host-detail",
+    "team-cost.json": "accel-team-cost",
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -125,7 +141,7 @@ def test_variables(name: str) -> None:
     for var, parents in chain.items():
         v = variables[var]
         assert v["type"] == "query" and v["datasource"] == DS
-        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".+"
+        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ALL_VALUES[var]
         assert re.fullmatch(rf"label_values\(.+,\s*{var}\)", v["definition"])
         assert v["query"]["query"] == v["definition"]
         for parent in parents:
@@ -144,6 +160,8 @@ def test_panels(name: str) -> None:
         if p["type"] == "row":
             continue
         assert len(p["description"]) > 20, p["title"]
+        # Grafana interpolates descriptions: "$team" would show the selected teams' regex.
+        assert not re.search(r"\$\{?[a-z_]", p["description"]), f"{p['title']}: variable in the description"
         assert p["datasource"] == DS
         assert p["fieldConfig"]["defaults"]["unit"] in UNITS, p["title"]
         assert p["targets"], p["title"]
@@ -178,9 +196,13 @@ def test_query(name: str, title: str, expr: str) -> None:
         assert window in ("$__rate_interval", "$__range"), f"fixed range [{window}]"
     for fn, window in re.findall(r"\b(\w+)\((?:[^()]|\([^()]*\))*?\[([^\]]+)\]", expr):
         if window == "$__range":
-            assert fn == "increase", f"$__range is only for increase() period stats, found {fn}()"
+            assert fn in PERIOD_FUNCTIONS, f"$__range is only for period stats ({PERIOD_FUNCTIONS}), found {fn}()"
     for fn in re.findall(r"\b(rate|irate|increase|delta|deriv)\s*\(", expr):
         assert fn != "irate", "irate hides spikes; use rate"
+    if expr.startswith("ALERTS{"):
+        assert 'alertname=~"Accelerator.*"' in expr and 'job=~"$job"' in expr, expr
+        assert label_names(expr) - ALERTS_LABELS - CATALOGUE_LABELS - SCRAPE_LABELS == set()
+        return
     # Every selector is filtered by every variable whose label its series carries.
     found = selectors(expr)
     assert found, f"no accel_* metric in {expr}"
@@ -246,3 +268,104 @@ def test_lint_can_fail() -> None:
     ]
     assert selectors("team:accel_utilization:ratio_rate5m") == [("team:accel_utilization:ratio_rate5m", "")]
     assert "team" in metric_labels("accel_cost_dollars_total")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_only_money_panels_need_a_price(name: str) -> None:
+    """Utilization, state, idle and device panels must keep showing hosts with price_source="none"."""
+    price_free = set(generator().price_free_queries(name))
+    for p in panels(load(name)):
+        if p["type"] == "row" or MONEY_TITLE_RE.search(p["title"]):
+            continue
+        for t in p["targets"]:
+            assert t["expr"] in price_free, f"{p['title']} [{t['refId']}] needs a cost series"
+
+
+def test_price_classification_can_fail() -> None:
+    gen = generator()
+    assert gen.Target(f"sum(accel_cost_dollars_total{{{gen.F_TEAM}}})").needs_price
+    assert gen.Target(f"accel_idle_seconds{{{gen.F_DEV}}} {gen.TEAM_JOIN}").needs_price is False
+    assert gen.Target("sum(accel_price_dollars_per_hour)").needs_price
+    # needs_price ignores TEAM_JOIN, so the join itself must work without cost series.
+    assert "accel_process_info" in gen.TEAM_JOIN and "accel_device_up" in gen.TEAM_JOIN
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_team_variable_does_not_need_a_price(name: str) -> None:
+    team = next(v for v in load(name)["templating"]["list"] if v["name"] == "team")
+    assert "accel_process_info" in team["definition"], "unpriced hosts have no cost series to take teams from"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_links_between_dashboards(name: str) -> None:
+    """Each dashboard links to the two others, and data links open a known dashboard, keeping the variables."""
+    d = load(name)
+    links = d["links"]
+    others = {uid for n, uid in UIDS.items() if n != name}
+    assert {re.match(r"/d/([\w-]+)", link["url"]).group(1) for link in links} == others  # type: ignore[union-attr]
+    for link in links:
+        assert link["type"] == "link" and link["keepTime"] is True
+        for var in ("datasource", "instance", "team"):
+            assert f"${{{var}:queryparam}}" in link["url"], f"{link['title']} drops ${var}"
+    data_links = [link for p in panels(d) for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
+    assert data_links, f"{name}: no data links"
+    for link in data_links:
+        m = re.match(r"/d/([\w-]+)\?", link["url"])
+        assert m and m.group(1) in UIDS.values(), link["url"]
+        assert "${datasource:queryparam}" in link["url"] and "${__url_time_range}" in link["url"]
+        assert re.search(r"var-instance=\$\{__(field|data)\.|\$\{instance:queryparam\}", link["url"]), link["url"]
+        assert re.search(r"var-team=\$\{__(field|data)\.|\$\{team:queryparam\}", link["url"]), link["url"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_alert_annotations(name: str) -> None:
+    (annotation,) = load(name)["annotations"]["list"]
+    assert annotation["datasource"] == DS and annotation["enable"] is True
+    assert annotation["expr"].startswith('ALERTS{alertstate="firing",alertname=~"Accelerator.*",job=~"$job"')
+    assert "{{alertname}}" in annotation["titleFormat"]
+
+
+def test_issue_11_panels() -> None:
+    """The panels for the people who pay: waste by team x host x type, idle by host, rightsizing, alerts."""
+    by_title = {p["title"]: (n, p) for n in FILES for p in panels(load(n))}
+
+    def one(pattern: str) -> dict[str, Any]:
+        found = [p for title, (_, p) in by_title.items() if re.search(pattern, title)]
+        assert len(found) == 1, pattern
+        return found[0]
+
+    waste = one(r"^Waste by team, host and instance type \(time range\)$")
+    first = waste["targets"][0]["expr"]
+    assert first.startswith("sort_desc(") and "accel_waste_dollars_total" in first and "$__range" in first
+    assert "group_left (instance_type) accel_instance_info" in first
+    assert {"id": "sortBy", "options": {"sort": [{"field": "Waste", "desc": True}]}} in waste["transformations"]
+
+    idle = one(r"^Idle spend by host \(time range\)$")
+    assert re.search(
+        r"sum by \(instance\) \(increase\(accel_idle_cost_dollars_total\{.*\}\[\$__range\]\)\)",
+        idle["targets"][0]["expr"],
+    )
+
+    saving = one(r"^What rightsizing would save")
+    exprs = [t["expr"] for t in saving["targets"]]
+    assert "quantile_over_time(0.95, instance:accel_busy_seconds:rate5m" in exprs[1]
+    assert "ceil(" in exprs[2] and "/ 0.7)" in exprs[2]
+    assert "instance:accel_devices:count" in exprs[0] and "* 720" in exprs[3]
+    assert any(o["properties"] == [{"id": "unit", "value": "currencyUSD"}] for o in saving["fieldConfig"]["overrides"])
+
+    with_alerts = {n for n in FILES for p in panels(load(n)) if p["title"] == "Firing accelerator alerts"}
+    assert with_alerts == set(FILES)
+
+
+def test_docs_describe_the_dashboards() -> None:
+    """docs/dashboards.md names each dashboard, its uid and each bold panel title, and the rightsizing figures."""
+    doc = (ROOT / "docs" / "dashboards.md").read_text()
+    gen = generator()
+    for name in FILES:
+        d = load(name)
+        assert f"`{d['uid']}`" in doc and d["title"] in doc, name
+    titles = [p["title"] for n in FILES for p in panels(load(n))]
+    for bold in re.findall(r"^- \*\*(.+?)\*\*", doc, re.M):
+        assert any(t.startswith(bold) for t in titles), f"docs/dashboards.md names a panel that does not exist: {bold}"
+    assert f"p95 / {gen.RIGHTSIZE_TARGET})" in doc and f"{gen.HOURS_PER_MONTH} h" in doc
+    assert f"`{gen.NO_OWNER}`" in doc
