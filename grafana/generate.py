@@ -1,6 +1,7 @@
 """Generate the accel-cost-exporter Grafana dashboards (fleet-overview, host-detail, team-cost).
 
-Run `python grafana/generate.py` after editing; it rewrites the committed JSON next to it, and
+Run `python grafana/generate.py` after editing; it rewrites the committed JSON next to it
+(`--check` only reports stale files, exit 1; `--help` for the options), and
 tests/test_dashboards_lint.py fails when the JSON and this script disagree. Plain dicts, no
 dashboard SDK: the output is ordinary Grafana JSON (schemaVersion 39, Grafana >= 10.4), with the
 data source as the `datasource` variable so file provisioning and the sidecar both work.
@@ -16,6 +17,7 @@ it is kept only when every team is selected. That is why the team variable's "Al
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -1217,13 +1219,65 @@ def price_free_queries(name: str) -> tuple[str, ...]:
     return DASHBOARDS[name]().price_free
 
 
-def main(argv: list[str]) -> int:
-    """Write the dashboards into the directory given (default: this script's directory)."""
-    out_dir = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+FIX = "run: python grafana/generate.py"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: where to write, and whether only to check."""
+    parser = argparse.ArgumentParser(
+        prog="generate.py",
+        description="Write the Grafana dashboards (" + ", ".join(DASHBOARDS) + ") as JSON. "
+        "Then run deploy/kubernetes/generate.py to refresh the Kubernetes ConfigMaps.",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=HERE,
+        metavar="DIR",
+        help="directory holding the dashboard JSON (default: the directory of this script, grafana/)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 naming each file that is missing or differs from what would be written",
+    )
+    args = parser.parse_args(argv)
+    if not args.out_dir.is_dir():
+        parser.error(f"--out-dir {args.out_dir}: not a directory; create it or name an existing one")
+    return args
+
+
+def stale(out_dir: Path) -> dict[str, str]:
+    """The dashboard files in `out_dir` that are missing or differ from `render`, with their new text."""
+    out = {}
     for name in DASHBOARDS:
-        (out_dir / name).write_text(render(name))
+        path, text = out_dir / name, render(name)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            out[name] = text
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the dashboards (or with --check, report stale ones); the exit status for the shell."""
+    args = parse_args(argv)
+    out_of_date = stale(args.out_dir)
+    if args.check:
+        if out_of_date:
+            where = ", ".join(str(args.out_dir / name) for name in out_of_date)
+            print(f"out of date: {where}; {FIX}", file=sys.stderr)
+            return 1
+        return 0
+    for name, text in out_of_date.items():
+        path = args.out_dir / name
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            print(f"cannot write {path}: {err.strerror}; choose a writable --out-dir", file=sys.stderr)
+            return 1
+        print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -369,3 +370,55 @@ def test_docs_describe_the_dashboards() -> None:
         assert any(t.startswith(bold) for t in titles), f"docs/dashboards.md names a panel that does not exist: {bold}"
     assert f"p95 / {gen.RIGHTSIZE_TARGET})" in doc and f"{gen.HOURS_PER_MONTH} h" in doc
     assert f"`{gen.NO_OWNER}`" in doc
+
+
+def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
+    """grafana/generate.py as a user runs it: a real process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(GRAFANA / "generate.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_generator_help() -> None:
+    done = run_generator("--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert "--check" in done.stdout and "--out-dir" in done.stdout
+
+
+def test_generator_check_passes_on_the_committed_json() -> None:
+    done = run_generator("--check")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_generator_check_names_stale_files(tmp_path: Path) -> None:
+    """--check writes nothing and exits 1 naming each missing or edited file and the fix."""
+    (tmp_path / "host-detail.json").write_text((GRAFANA / "host-detail.json").read_text())
+    (tmp_path / "team-cost.json").write_text("{}\n")
+    done = run_generator("--check", "--out-dir", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "fleet-overview.json" in done.stderr and "team-cost.json" in done.stderr
+    assert "host-detail.json" not in done.stderr
+    assert "run: python grafana/generate.py" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host-detail.json", "team-cost.json"]
+    assert (tmp_path / "team-cost.json").read_text() == "{}\n"
+
+
+def test_generator_writes_then_check_passes(tmp_path: Path) -> None:
+    done = run_generator("--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for name in FILES:
+        assert (tmp_path / name).read_text() == (GRAFANA / name).read_text()
+        assert name in done.stdout
+    assert run_generator("--check", "--out-dir", str(tmp_path)).returncode == 0
+
+
+def test_generator_bad_out_dir_is_a_clear_error(tmp_path: Path) -> None:
+    done = run_generator("--out-dir", str(tmp_path / "missing"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--out-dir" in done.stderr and "not a directory" in done.stderr
+    assert not (tmp_path / "missing").exists()
