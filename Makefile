@@ -38,6 +38,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter tests bench grafana deploy
 	$(VENV)/bin/ruff format --check exporter tests bench grafana deploy
 	$(VENV)/bin/mypy exporter
+	$(PY) grafana/generate.py --check
+	$(PY) deploy/kubernetes/generate.py --check
 
 ## Regenerate docs/metrics.md from the catalogue
 docs: $(STAMP)
