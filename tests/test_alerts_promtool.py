@@ -93,6 +93,80 @@ def test_promtool_exact_annotations() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _p4d_fleet_test(hosts: int, busy: float, samples: int) -> dict[str, Any]:
+    """A promtool test of `hosts` p4d.24xlarge (8 GPUs, 21.96 $/h) at `busy`, 5-minute samples, teams in turn."""
+    teams = ("ml-research", "inference", "web-search")
+    per_step = 21.96 / 8 / 12
+    series = []
+    expected = []
+    for h in range(hosts):
+        instance, team = f"p4d-{h:02d}", teams[h % len(teams)]
+        series.append(
+            {
+                "series": f'accel_instance_info{{job="accel",instance="{instance}",provider="aws",'
+                f'instance_type="p4d.24xlarge",instance_id="i-{h}",region="us-east-1",zone="us-east-1a",'
+                f'lifecycle="on-demand",price_source="table"}}',
+                "values": f"1x{samples}",
+            }
+        )
+        for d in range(8):
+            dev = f'job="accel",instance="{instance}",device="nvidia{d}"'
+            owner = f'{dev},team="{team}",workload="w"'
+            series += [
+                {"series": f"accel_busy_seconds_total{{{dev}}}", "values": f"0+{300 * busy:g}x{samples}"},
+                {"series": f'accel_state_seconds_total{{{dev},state="active"}}', "values": f"0+300x{samples}"},
+                {"series": f"accel_device_up{{{dev}}}", "values": f"1x{samples}"},
+                {"series": f"accel_cost_dollars_total{{{owner}}}", "values": f"0+{per_step:.6f}x{samples}"},
+                {
+                    "series": f"accel_waste_dollars_total{{{owner}}}",
+                    "values": f"0+{per_step * (0.8 - busy) / 0.8:.6f}x{samples}",
+                },
+            ]
+        expected.append({"exp_labels": {"severity": "warning", "job": "accel", "instance": instance, "team": team}})
+    return {"interval": "5m", "input_series": series, "expected": expected}
+
+
+@needs_promtool
+def test_42_p4d_hosts_at_22_percent_are_each_named(tmp_path: Path) -> None:
+    """The main story: 42 hosts at 22 % for 6h; every host is named, with its team, by a warning."""
+    assert PROMTOOL is not None
+    tests_dir = _stripped_tree(tmp_path)
+    case = _p4d_fleet_test(hosts=42, busy=0.22, samples=80)
+    expected = case.pop("expected")
+    case["promql_expr_test"] = [
+        {
+            "expr": "round(job:accel_utilization:ratio_rate1h, 0.001)",
+            "eval_time": "2h",
+            "exp_samples": [{"labels": '{job="accel"}', "value": 0.22}],
+        },
+        {
+            "expr": "round(sum by (job) (instance:accel_waste_dollars_per_hour:rate6h))",
+            "eval_time": "6h",
+            "exp_samples": [{"labels": '{job="accel"}', "value": round(42 * 21.96 * 0.725)}],
+        },
+    ]
+    case["alert_rule_test"] = [
+        {"eval_time": "5h35m", "alertname": "AcceleratorHostUnderutilized", "exp_alerts": []},
+        {"eval_time": "6h", "alertname": "AcceleratorHostUnderutilized", "exp_alerts": expected},
+        {"eval_time": "55m", "alertname": "AcceleratorFleetUnderutilized", "exp_alerts": []},
+        {
+            "eval_time": "6h",
+            "alertname": "AcceleratorFleetUnderutilized",
+            "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "accel"}}],
+        },
+    ]
+    doc = {
+        "rule_files": [f"../../alerts/{RULES.name}", f"../../alerts/{ALERT_RULES.name}"],
+        "evaluation_interval": "5m",
+        "group_eval_order": ["accel-cost.rules", "accel-cost"],
+        "tests": [case],
+    }
+    (tests_dir / "fleet_42.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = _run([PROMTOOL, "test", "rules", "fleet_42.yml"], cwd=tests_dir)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert len(expected) == 42 and len({e["exp_labels"]["instance"] for e in expected}) == 42
+
+
 def _test_docs() -> list[dict[str, Any]]:
     return [_load(p) for p in [*BEHAVIOUR_TESTS, ANNOTATIONS_TEST]]
 
