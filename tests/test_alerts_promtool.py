@@ -223,15 +223,39 @@ ROUTES: list[tuple[list[str], str]] = [
     (["alertname=AcceleratorIdle", "severity=critical", "team=ml-research"], "ml-research-pager"),
     (["alertname=AcceleratorIdle", "severity=critical", "team=inference"], "inference-pager"),
     (["alertname=AcceleratorHostIdle", "severity=warning"], "finops"),
+    (["alertname=AcceleratorHostIdle", "severity=warning", "team=inference"], "inference"),
     (["alertname=AcceleratorTeamIdleSpendHigh", "severity=warning", "team=web-search"], "finops"),
-    (["alertname=AcceleratorFleetUnderutilized", "severity=info"], "null"),
+    # Issue 11: the main story reaches a person: the owning team, else FinOps.
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=ml-research"], "ml-research"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=inference"], "inference"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=web-search"], "finops"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning"], "finops"),
+    (["alertname=AcceleratorFleetUnderutilized", "severity=warning"], "finops"),
     (["alertname=AcceleratorPriceUnknown", "severity=info", "team=ml-research"], "null"),
     (["alertname=AcceleratorDeviceLost", "severity=critical"], "platform-pager"),
     (["alertname=AcceleratorXidCritical", "severity=critical", "xid=79"], "platform-pager"),
     (["alertname=AcceleratorExporterDown", "severity=warning"], "platform"),
     (["alertname=AcceleratorExporterStale", "severity=warning"], "platform"),
     (["alertname=AcceleratorExporterCollectorFailing", "severity=warning"], "platform"),
+    (["alertname=AcceleratorExporterConfigReloadFailed", "severity=warning"], "platform"),
 ]
+
+
+def _alert_severities() -> dict[str, str]:
+    return {r["alert"]: r["labels"]["severity"] for r in _alert_rules()}
+
+
+@needs_amtool
+@pytest.mark.parametrize("alert", sorted(_alert_severities()))
+def test_every_alert_but_info_reaches_a_person(alert: str) -> None:
+    """Issue 11: the fleet story went to `null`. Only info alerts may, with or without a team."""
+    assert AMTOOL is not None
+    severity = _alert_severities()[alert]
+    for team in ([], ["team=ml-research"], ["team=unlisted"]):
+        args = [AMTOOL, "config", "routes", "test", f"--config.file={AM_CONFIG}"]
+        result = _run([*args, f"alertname={alert}", f"severity={severity}", *team])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (result.stdout.strip() == "null") == (severity == "info"), (alert, team, result.stdout)
 
 
 @needs_amtool
@@ -272,16 +296,53 @@ def test_alertmanager_uses_only_new_matcher_syntax() -> None:
         assert re.search(rf"^\s*-?\s*{deprecated}", text, re.M) is None, deprecated
 
 
+def _matches(matcher: str, labels: dict[str, str]) -> bool:
+    m = re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', matcher)
+    assert m, matcher
+    name, op, value = m.groups()
+    got = labels.get(name, "")
+    return {
+        "=": got == value,
+        "!=": got != value,
+        "=~": re.fullmatch(value, got) is not None,
+        "!~": re.fullmatch(value, got) is None,
+    }[op]
+
+
+def test_every_inhibition_can_match() -> None:
+    """Issue 11: "critical mutes warning of the same alertname" could never match (no alert has two
+    severities). Every source and target must match a shipped alert, every alternative of an
+    alertname regex must name one, and a rule with `equal: [alertname, ...]` needs an alert that
+    is both a source and a target (else source and target are different alerts)."""
+    alerts = [{"alertname": name, "severity": sev} for name, sev in _alert_severities().items()]
+    for rule in _load(AM_CONFIG)["inhibit_rules"]:
+        sources = [a for a in alerts if all(_matches(m, a) for m in rule["source_matchers"])]
+        targets = [a for a in alerts if all(_matches(m, a) for m in rule["target_matchers"])]
+        assert sources and targets, rule
+        both = {a["alertname"] for a in sources} & {a["alertname"] for a in targets}
+        assert bool(both) == ("alertname" in rule["equal"]), rule
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            if matcher.startswith("alertname=~"):
+                for name in matcher.split('"')[1].split("|"):
+                    assert name in _alert_severities(), f"{name} in {matcher} is no alert"
+
+
 def test_inhibitions() -> None:
     rules = _load(AM_CONFIG)["inhibit_rules"]
-    by_source = {tuple(r["source_matchers"]): r for r in rules}
-    crit = by_source[('severity="critical"',)]
-    assert crit["target_matchers"] == ['severity=~"warning|info"']
-    assert "instance" in crit["equal"]
-    down = by_source[('alertname="AcceleratorExporterDown"',)]
+    by_source: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for rule in rules:
+        by_source.setdefault(tuple(rule["source_matchers"]), []).append(rule)
+    (down,) = by_source[('alertname="AcceleratorExporterDown"',)]
     assert "instance" in down["equal"]
-    for cost_alert in ("AcceleratorIdle", "AcceleratorHostIdle", "AcceleratorAbandoned"):
+    for cost_alert in (
+        "AcceleratorIdle",
+        "AcceleratorHostIdle",
+        "AcceleratorHostUnderutilized",
+        "AcceleratorAbandoned",
+    ):
         assert re.search(rf"\b{cost_alert}\b", down["target_matchers"][0])
-    host = by_source[('alertname="AcceleratorHostIdle"',)]
-    assert host["target_matchers"] == ['alertname=~"AcceleratorIdle|AcceleratorAbandoned"']
-    assert "instance" in host["equal"]
+    host, team = by_source[('alertname="AcceleratorHostIdle"',)]
+    for muted in ("AcceleratorIdle", "AcceleratorAbandoned", "AcceleratorLongRunningLowUtilization"):
+        assert re.search(rf"\b{muted}\b", host["target_matchers"][0])
+    assert host["equal"] == ["job", "instance"]
+    assert team["equal"] == ["job", "team"]
