@@ -175,26 +175,61 @@ def test_broken_device_mutes_its_idle_alert_only(alertmanager: str) -> None:
     assert states[("AcceleratorIdle", "c1", "nvidia4")] == "active"
 
 
-def test_critical_mutes_warning_of_the_same_alert(alertmanager: str) -> None:
-    states = _states(
-        alertmanager,
-        [
-            _alert(alertname="AcceleratorTeamIdleSpendHigh", severity="critical", team="ml-research", instance="d1"),
-            _alert(
-                alertname="AcceleratorTeamIdleSpendHigh",
-                severity="warning",
-                team="ml-research",
-                instance="d1",
-                device="x",
-            ),
-            _alert(
-                alertname="AcceleratorTeamIdleSpendHigh",
-                severity="warning",
-                team="inference",
-                instance="d1",
-                device="y",
-            ),
-        ],
-    )
-    assert states[("AcceleratorTeamIdleSpendHigh", "d1", "x")] == "suppressed"
-    assert states[("AcceleratorTeamIdleSpendHigh", "d1", "y")] == "active"
+def _active_groups(url: str, job: str) -> dict[str, list[str]]:
+    """receiver -> group keys of the groups of `job` holding at least one alert nobody muted."""
+    out: dict[str, list[str]] = {}
+    for group in _request(f"{url}/api/v2/alerts/groups"):
+        if group["labels"].get("job") != job:
+            continue
+        if any(a["status"]["state"] == "active" for a in group["alerts"]):
+            out.setdefault(group["receiver"]["name"], []).append(json.dumps(group["labels"], sort_keys=True))
+    return out
+
+
+def test_twelve_abandoned_hosts_notify_each_owner_once(alertmanager: str) -> None:
+    """Issue 11: 12 hosts left to abandoned jobs paged FinOps 12 times and the team 12 more."""
+    job = "accel-abandoned"
+    alerts = [
+        _alert(job=job, alertname="AcceleratorTeamIdleSpendHigh", severity="warning", team="ml-research"),
+        _alert(job=job, alertname="AcceleratorFleetUnderutilized", severity="warning"),
+    ]
+    for h in range(12):
+        host = {"job": job, "instance": f"p4d-{h}:11094", "severity": "warning"}
+        alerts += [
+            _alert(**host, alertname="AcceleratorHostIdle", team="ml-research"),
+            _alert(**host, alertname="AcceleratorHostUnderutilized", team="ml-research"),
+        ]
+        for d in range(2):
+            dev = {**host, "device": f"nvidia{d}", "team": "ml-research"}
+            alerts += [
+                _alert(**dev, alertname="AcceleratorAbandoned"),
+                _alert(**dev, alertname="AcceleratorLongRunningLowUtilization", pid=str(100 + d), user="ann"),
+            ]
+    _request(f"{alertmanager}/api/v2/alerts", alerts)
+    groups = _active_groups(alertmanager, job)
+    # The team hears once (AcceleratorHostIdle listing the 12 hosts), FinOps once (the fleet).
+    assert {receiver: len(keys) for receiver, keys in groups.items()} == {"ml-research": 1, "finops": 1}
+    assert "AcceleratorHostIdle" in groups["ml-research"][0]
+    states = _states(alertmanager, [])
+    assert states[("AcceleratorHostUnderutilized", "p4d-3:11094", "")] == "suppressed"
+    assert states[("AcceleratorLongRunningLowUtilization", "p4d-3:11094", "nvidia1")] == "suppressed"
+    assert states[("AcceleratorTeamIdleSpendHigh", "", "")] == "suppressed"
+
+
+def test_42_hosts_under_the_line_are_one_notification_per_team(alertmanager: str) -> None:
+    job = "accel-story"
+    teams = ("ml-research", "inference", "web-search")
+    alerts = [_alert(job=job, alertname="AcceleratorFleetUnderutilized", severity="warning")]
+    for h in range(42):
+        host = {"job": job, "instance": f"p4d-{h:02d}:11094", "severity": "warning", "team": teams[h % 3]}
+        alerts += [
+            _alert(**host, alertname="AcceleratorHostUnderutilized"),
+            _alert(**host, alertname="AcceleratorLongRunningLowUtilization", device="nvidia0", pid="7", user="x"),
+        ]
+    _request(f"{alertmanager}/api/v2/alerts", alerts)
+    groups = _active_groups(alertmanager, job)
+    # web-search has no route of its own: the root receiver, FinOps, with the fleet alert.
+    assert {receiver: len(keys) for receiver, keys in groups.items()} == {"ml-research": 1, "inference": 1, "finops": 2}
+    states = _states(alertmanager, [])
+    assert states[("AcceleratorHostUnderutilized", "p4d-05:11094", "")] == "active"
+    assert states[("AcceleratorLongRunningLowUtilization", "p4d-05:11094", "nvidia0")] == "suppressed"

@@ -30,6 +30,7 @@ SEVERITIES = {"critical", "warning", "info"}
 MONEY_ALERTS = {
     "AcceleratorIdle",
     "AcceleratorHostIdle",
+    "AcceleratorHostUnderutilized",
     "AcceleratorAbandoned",
     "AcceleratorLongRunningLowUtilization",
     "AcceleratorTeamIdleSpendHigh",
@@ -38,6 +39,10 @@ MONEY_ALERTS = {
 # Alerts allowed a `for` outside 0-1h, with the reason (documented in docs/alerts.md). None today.
 FOR_EXCEPTIONS: dict[str, str] = {}
 SCRAPE_LABELS = {"job", "instance"}
+# Target labels the rules group by when relabelling sets them (docs/alerts.md, "Autoscaling").
+TARGET_LABELS = {"node_group"}
+# Label names with an underscore that a recording-rule level may name (`instance_type:...`).
+MULTI_WORD_LABELS = ("instance_type", "node_group")
 CATALOGUE_NAMES = {spec.name for spec in CATALOGUE}
 CATALOGUE_LABELS = {label for spec in CATALOGUE for label in spec.labels}
 
@@ -70,7 +75,13 @@ def recording_rule_names() -> set[str]:
 def level_labels(rule_name: str) -> set[str]:
     """Labels a recording rule keeps, from its level: `device_team` -> job, instance, device, team."""
     level = rule_name.split(":")[0]
-    labels = {"job"} | ({"job"} if level == "job" else set(level.split("_")))
+    words = set()
+    for label in MULTI_WORD_LABELS:
+        if re.search(rf"(?:^|_){label}(?:_|$)", level):
+            words.add(label)
+            level = re.sub(rf"(?:^|_){label}(?=_|$)", "", level)
+    words |= {w for w in level.split("_") if w}
+    labels = {"job"} | ({"job"} if words == {"job"} else words)
     if "device" in labels:
         labels.add("instance")
     return labels
@@ -135,6 +146,7 @@ def test_the_expected_alerts_exist() -> None:
         "AcceleratorExporterDown",
         "AcceleratorExporterCollectorFailing",
         "AcceleratorExporterStale",
+        "AcceleratorExporterConfigReloadFailed",
         "AcceleratorPriceUnknown",
     }
 
@@ -161,6 +173,9 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
         assert 0 <= for_seconds <= 3600, f"for: {rule.get('for')}"
     if labels["severity"] == "critical":
         assert for_seconds <= 300, "health alerts must be fast"
+    if name in MONEY_ALERTS:
+        # One 10-minute scrape gap or an exporter restart must not resolve and re-notify them.
+        assert parse_duration(rule.get("keep_firing_for", "0s")) >= 600, "keep_firing_for: at least 10m"
 
 
 def test_runbook_has_a_section_per_alert() -> None:
@@ -172,7 +187,7 @@ def test_runbook_has_a_section_per_alert() -> None:
     by_name = {s.split("\n", 1)[0].strip(): s for s in sections}
     assert set(by_name) == names, "a runbook section per alert, and no stale ones"
     for name, body in by_name.items():
-        for part in ("**Meaning.**", "**Confirm.**", "**Act.**", "```promql"):
+        for part in ("**Meaning.**", "**What it costs.**", "**Confirm.**", "**Act.**", "```promql"):
             assert part in body, f"{name}: missing {part}"
     assert "11094" in text
 
@@ -181,11 +196,25 @@ def test_no_job_name_outside_the_documented_selector() -> None:
     for rule in [*recording_rules(), *alert_rules()]:
         jobs = re.findall(r'\bjob\s*(?:=~|=|!=|!~)\s*"([^"]*)"', rule["expr"])
         if rule.get("alert") == "AcceleratorExporterDown":
-            assert jobs == ["accel.*"]
+            assert jobs == ["(.+/)?accel.*"]
         else:
             assert jobs == [], f"{rule.get('alert') or rule.get('record')} selects a job"
-    assert 'up{job=~"accel.*"}' in ALERTS_DOC.read_text()
-    assert 'up{job=~"accel.*"}' in ALERT_RULES.read_text().split("groups:")[0]
+    assert 'up{job=~"(.+/)?accel.*"}' in ALERTS_DOC.read_text()
+    assert 'up{job=~"(.+/)?accel.*"}' in ALERT_RULES.read_text().split("groups:")[0]
+
+
+def test_job_selector_matches_every_shipped_setup() -> None:
+    """The PodMonitor's job is <namespace>/<name> in whatever namespace it is applied to."""
+    selector = re.compile("(.+/)?accel.*")
+    for job in (
+        "accel",
+        "accel-cost-exporter",
+        "monitoring/accel-cost-exporter",
+        "accel-cost-exporter/accel-cost-exporter",
+    ):
+        assert selector.fullmatch(job), job
+    for job in ("node", "kubernetes-pods", "monitoring/node-exporter"):
+        assert not selector.fullmatch(job), job
 
 
 # --- recording rules -----------------------------------------------------------------------------
@@ -272,7 +301,7 @@ def test_every_metric_in_the_docs_is_in_the_catalogue() -> None:
 @pytest.mark.parametrize("rule", [*recording_rules(), *alert_rules()], ids=lambda r: str(r.get("record") or r["alert"]))
 def test_labels_in_rules_exist(rule: dict[str, Any]) -> None:
     """A typo in a label name (`devcie`) silently matches nothing: check them against the catalogue."""
-    known = CATALOGUE_LABELS | SCRAPE_LABELS
+    known = CATALOGUE_LABELS | SCRAPE_LABELS | TARGET_LABELS
     unknown = label_names(rule["expr"]) - known
     assert unknown == set()
     # A matcher on a series must use a label that series has.
@@ -291,4 +320,7 @@ def test_helpers_catch_mistakes() -> None:
     assert label_names('sum by (job, devcie) (x{instance="a"})') == {"job", "devcie", "instance"}
     assert markdown_anchors("## AcceleratorIdle\n") == {"acceleratoridle"}
     assert level_labels("device_team:accel_owner:info") == {"job", "instance", "device", "team"}
+    assert level_labels("instance_type:accel_utilization:ratio_rate5m") == {"job", "instance_type"}
+    assert level_labels("instance_team:accel_owner:info") == {"job", "instance", "team"}
+    assert level_labels("node_group:accel_utilization:ratio_rate5m") == {"job", "node_group"}
     assert parse_duration("1h30m") == 5400

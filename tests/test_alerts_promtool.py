@@ -93,6 +93,80 @@ def test_promtool_exact_annotations() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _p4d_fleet_test(hosts: int, busy: float, samples: int) -> dict[str, Any]:
+    """A promtool test of `hosts` p4d.24xlarge (8 GPUs, 21.96 $/h) at `busy`, 5-minute samples, teams in turn."""
+    teams = ("ml-research", "inference", "web-search")
+    per_step = 21.96 / 8 / 12
+    series = []
+    expected = []
+    for h in range(hosts):
+        instance, team = f"p4d-{h:02d}", teams[h % len(teams)]
+        series.append(
+            {
+                "series": f'accel_instance_info{{job="accel",instance="{instance}",provider="aws",'
+                f'instance_type="p4d.24xlarge",instance_id="i-{h}",region="us-east-1",zone="us-east-1a",'
+                f'lifecycle="on-demand",price_source="table"}}',
+                "values": f"1x{samples}",
+            }
+        )
+        for d in range(8):
+            dev = f'job="accel",instance="{instance}",device="nvidia{d}"'
+            owner = f'{dev},team="{team}",workload="w"'
+            series += [
+                {"series": f"accel_busy_seconds_total{{{dev}}}", "values": f"0+{300 * busy:g}x{samples}"},
+                {"series": f'accel_state_seconds_total{{{dev},state="active"}}', "values": f"0+300x{samples}"},
+                {"series": f"accel_device_up{{{dev}}}", "values": f"1x{samples}"},
+                {"series": f"accel_cost_dollars_total{{{owner}}}", "values": f"0+{per_step:.6f}x{samples}"},
+                {
+                    "series": f"accel_waste_dollars_total{{{owner}}}",
+                    "values": f"0+{per_step * (0.8 - busy) / 0.8:.6f}x{samples}",
+                },
+            ]
+        expected.append({"exp_labels": {"severity": "warning", "job": "accel", "instance": instance, "team": team}})
+    return {"interval": "5m", "input_series": series, "expected": expected}
+
+
+@needs_promtool
+def test_42_p4d_hosts_at_22_percent_are_each_named(tmp_path: Path) -> None:
+    """The main story: 42 hosts at 22 % for 6h; every host is named, with its team, by a warning."""
+    assert PROMTOOL is not None
+    tests_dir = _stripped_tree(tmp_path)
+    case = _p4d_fleet_test(hosts=42, busy=0.22, samples=80)
+    expected = case.pop("expected")
+    case["promql_expr_test"] = [
+        {
+            "expr": "round(job:accel_utilization:ratio_rate1h, 0.001)",
+            "eval_time": "2h",
+            "exp_samples": [{"labels": '{job="accel"}', "value": 0.22}],
+        },
+        {
+            "expr": "round(sum by (job) (instance:accel_waste_dollars_per_hour:rate6h))",
+            "eval_time": "6h",
+            "exp_samples": [{"labels": '{job="accel"}', "value": round(42 * 21.96 * 0.725)}],
+        },
+    ]
+    case["alert_rule_test"] = [
+        {"eval_time": "5h35m", "alertname": "AcceleratorHostUnderutilized", "exp_alerts": []},
+        {"eval_time": "6h", "alertname": "AcceleratorHostUnderutilized", "exp_alerts": expected},
+        {"eval_time": "55m", "alertname": "AcceleratorFleetUnderutilized", "exp_alerts": []},
+        {
+            "eval_time": "6h",
+            "alertname": "AcceleratorFleetUnderutilized",
+            "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "accel"}}],
+        },
+    ]
+    doc = {
+        "rule_files": [f"../../alerts/{RULES.name}", f"../../alerts/{ALERT_RULES.name}"],
+        "evaluation_interval": "5m",
+        "group_eval_order": ["accel-cost.rules", "accel-cost"],
+        "tests": [case],
+    }
+    (tests_dir / "fleet_42.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = _run([PROMTOOL, "test", "rules", "fleet_42.yml"], cwd=tests_dir)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert len(expected) == 42 and len({e["exp_labels"]["instance"] for e in expected}) == 42
+
+
 def _test_docs() -> list[dict[str, Any]]:
     return [_load(p) for p in [*BEHAVIOUR_TESTS, ANNOTATIONS_TEST]]
 
@@ -149,15 +223,39 @@ ROUTES: list[tuple[list[str], str]] = [
     (["alertname=AcceleratorIdle", "severity=critical", "team=ml-research"], "ml-research-pager"),
     (["alertname=AcceleratorIdle", "severity=critical", "team=inference"], "inference-pager"),
     (["alertname=AcceleratorHostIdle", "severity=warning"], "finops"),
+    (["alertname=AcceleratorHostIdle", "severity=warning", "team=inference"], "inference"),
     (["alertname=AcceleratorTeamIdleSpendHigh", "severity=warning", "team=web-search"], "finops"),
-    (["alertname=AcceleratorFleetUnderutilized", "severity=info"], "null"),
+    # Issue 11: the main story reaches a person: the owning team, else FinOps.
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=ml-research"], "ml-research"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=inference"], "inference"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning", "team=web-search"], "finops"),
+    (["alertname=AcceleratorHostUnderutilized", "severity=warning"], "finops"),
+    (["alertname=AcceleratorFleetUnderutilized", "severity=warning"], "finops"),
     (["alertname=AcceleratorPriceUnknown", "severity=info", "team=ml-research"], "null"),
     (["alertname=AcceleratorDeviceLost", "severity=critical"], "platform-pager"),
     (["alertname=AcceleratorXidCritical", "severity=critical", "xid=79"], "platform-pager"),
     (["alertname=AcceleratorExporterDown", "severity=warning"], "platform"),
     (["alertname=AcceleratorExporterStale", "severity=warning"], "platform"),
     (["alertname=AcceleratorExporterCollectorFailing", "severity=warning"], "platform"),
+    (["alertname=AcceleratorExporterConfigReloadFailed", "severity=warning"], "platform"),
 ]
+
+
+def _alert_severities() -> dict[str, str]:
+    return {r["alert"]: r["labels"]["severity"] for r in _alert_rules()}
+
+
+@needs_amtool
+@pytest.mark.parametrize("alert", sorted(_alert_severities()))
+def test_every_alert_but_info_reaches_a_person(alert: str) -> None:
+    """Issue 11: the fleet story went to `null`. Only info alerts may, with or without a team."""
+    assert AMTOOL is not None
+    severity = _alert_severities()[alert]
+    for team in ([], ["team=ml-research"], ["team=unlisted"]):
+        args = [AMTOOL, "config", "routes", "test", f"--config.file={AM_CONFIG}"]
+        result = _run([*args, f"alertname={alert}", f"severity={severity}", *team])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (result.stdout.strip() == "null") == (severity == "info"), (alert, team, result.stdout)
 
 
 @needs_amtool
@@ -198,16 +296,53 @@ def test_alertmanager_uses_only_new_matcher_syntax() -> None:
         assert re.search(rf"^\s*-?\s*{deprecated}", text, re.M) is None, deprecated
 
 
+def _matches(matcher: str, labels: dict[str, str]) -> bool:
+    m = re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', matcher)
+    assert m, matcher
+    name, op, value = m.groups()
+    got = labels.get(name, "")
+    return {
+        "=": got == value,
+        "!=": got != value,
+        "=~": re.fullmatch(value, got) is not None,
+        "!~": re.fullmatch(value, got) is None,
+    }[op]
+
+
+def test_every_inhibition_can_match() -> None:
+    """Issue 11: "critical mutes warning of the same alertname" could never match (no alert has two
+    severities). Every source and target must match a shipped alert, every alternative of an
+    alertname regex must name one, and a rule with `equal: [alertname, ...]` needs an alert that
+    is both a source and a target (else source and target are different alerts)."""
+    alerts = [{"alertname": name, "severity": sev} for name, sev in _alert_severities().items()]
+    for rule in _load(AM_CONFIG)["inhibit_rules"]:
+        sources = [a for a in alerts if all(_matches(m, a) for m in rule["source_matchers"])]
+        targets = [a for a in alerts if all(_matches(m, a) for m in rule["target_matchers"])]
+        assert sources and targets, rule
+        both = {a["alertname"] for a in sources} & {a["alertname"] for a in targets}
+        assert bool(both) == ("alertname" in rule["equal"]), rule
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            if matcher.startswith("alertname=~"):
+                for name in matcher.split('"')[1].split("|"):
+                    assert name in _alert_severities(), f"{name} in {matcher} is no alert"
+
+
 def test_inhibitions() -> None:
     rules = _load(AM_CONFIG)["inhibit_rules"]
-    by_source = {tuple(r["source_matchers"]): r for r in rules}
-    crit = by_source[('severity="critical"',)]
-    assert crit["target_matchers"] == ['severity=~"warning|info"']
-    assert "instance" in crit["equal"]
-    down = by_source[('alertname="AcceleratorExporterDown"',)]
+    by_source: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for rule in rules:
+        by_source.setdefault(tuple(rule["source_matchers"]), []).append(rule)
+    (down,) = by_source[('alertname="AcceleratorExporterDown"',)]
     assert "instance" in down["equal"]
-    for cost_alert in ("AcceleratorIdle", "AcceleratorHostIdle", "AcceleratorAbandoned"):
+    for cost_alert in (
+        "AcceleratorIdle",
+        "AcceleratorHostIdle",
+        "AcceleratorHostUnderutilized",
+        "AcceleratorAbandoned",
+    ):
         assert re.search(rf"\b{cost_alert}\b", down["target_matchers"][0])
-    host = by_source[('alertname="AcceleratorHostIdle"',)]
-    assert host["target_matchers"] == ['alertname=~"AcceleratorIdle|AcceleratorAbandoned"']
-    assert "instance" in host["equal"]
+    host, team = by_source[('alertname="AcceleratorHostIdle"',)]
+    for muted in ("AcceleratorIdle", "AcceleratorAbandoned", "AcceleratorLongRunningLowUtilization"):
+        assert re.search(rf"\b{muted}\b", host["target_matchers"][0])
+    assert host["equal"] == ["job", "instance"]
+    assert team["equal"] == ["job", "team"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -263,3 +264,142 @@ def test_runtimeclass_component(tmp_path: Path) -> None:
     )
     (daemonset,) = [doc for doc in kustomize(overlay) if doc["kind"] == "DaemonSet"]
     assert daemonset["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+# --- autoscaling (issue 11): the policy "out above 0.7, in below 0.4, 15-minute cooldown" ---------
+
+AUTOSCALING = KUBE / "autoscaling"
+RULES = ROOT / "alerts" / "accel-cost.rules.yml"
+SCALING_INPUTS = ROOT / "tests" / "alerts" / "autoscaling.yml"
+# Keys the API accepts (autoscaling/v2 HorizontalPodAutoscalerBehavior, KEDA ScaledObjectSpec):
+# a typo such as `stabilisationWindowSeconds` would otherwise be dropped silently by the server.
+BEHAVIOR_KEYS = {"scaleUp", "scaleDown"}
+RULES_KEYS = {"stabilizationWindowSeconds", "selectPolicy", "policies"}
+POLICY_KEYS = {"type", "value", "periodSeconds"}
+HPA_SPEC_KEYS = {"scaleTargetRef", "minReplicas", "maxReplicas", "metrics", "behavior"}
+SCALEDOBJECT_SPEC_KEYS = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "idleReplicaCount",
+    "initialCooldownPeriod",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "advanced",
+    "triggers",
+    "fallback",
+}
+
+
+def scaling_band() -> tuple[float, float]:
+    """(scale-in line, scale-out line = target) from the instance_type scaling rule's expression."""
+    (rule,) = [
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("record") == "instance_type:accel_scaling_utilization:rate5m"
+    ]
+    expr = " ".join(rule["expr"].split())
+    out = re.search(r"> (\d+(?:\.\d+)?)", expr)
+    in_ = re.search(r"< (\d+(?:\.\d+)?)", expr)
+    hold = re.search(r"\* 0 \+ (\d+(?:\.\d+)?)", expr)
+    assert out and in_ and hold, expr
+    assert out.group(1) == hold.group(1), "inside the band the rule must report the target"
+    return float(in_.group(1)), float(out.group(1))
+
+
+def check_behavior(behavior: dict[str, Any]) -> None:
+    assert set(behavior) == BEHAVIOR_KEYS
+    for direction in behavior.values():
+        assert set(direction) <= RULES_KEYS
+        for policy in direction["policies"]:
+            assert set(policy) == POLICY_KEYS and policy["type"] in {"Pods", "Percent"}
+            assert policy["periodSeconds"] == 900, "15-minute cooldown"
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 900
+
+
+def assert_promql(tmp_path: Path, expr: str, labels: str, value: float) -> None:
+    """`expr` on the mixed-fleet inputs of tests/alerts/autoscaling.yml at 20m is exactly one sample."""
+    inputs = yaml.safe_load(SCALING_INPUTS.read_text())["tests"][0]
+    case = {
+        "interval": inputs["interval"],
+        "input_series": inputs["input_series"],
+        "promql_expr_test": [
+            {"expr": f"round({expr}, 0.0001)", "eval_time": "20m", "exp_samples": [{"labels": labels, "value": value}]}
+        ],
+    }
+    path = tmp_path / "scaling_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [case]}))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@kubectl
+def test_keda_scaledobject(tmp_path: Path) -> None:
+    (scaled,) = kustomize(AUTOSCALING / "keda")
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    spec = scaled["spec"]
+    assert set(spec) <= SCALEDOBJECT_SPEC_KEYS
+    assert spec["scaleTargetRef"]["kind"] == "Deployment"
+    assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+    check_behavior(spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"])
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    _in_line, target = scaling_band()
+    assert float(trigger["metadata"]["threshold"]) == target
+    query = trigger["metadata"]["query"]
+    assert "instance_type:accel_scaling_utilization:rate5m" in query
+    if shutil.which("promtool"):
+        # On a job mixing p4d at 85 %, inf2 at 5 % and g6 at 55 %, the query is one value: p4d's.
+        assert_promql(tmp_path, query, "{}", 0.85)
+
+
+@kubectl
+def test_hpa_and_prometheus_adapter_rules(tmp_path: Path) -> None:
+    built = {doc["kind"]: doc for doc in kustomize(AUTOSCALING / "hpa")}
+    assert set(built) == {"HorizontalPodAutoscaler", "ConfigMap"}
+    hpa = built["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert set(spec) <= HPA_SPEC_KEYS
+    assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+    check_behavior(spec["behavior"])
+    (metric,) = spec["metrics"]
+    external = metric["external"]
+    assert metric["type"] == "External" and external["target"]["type"] == "Value"
+    _in_line, target = scaling_band()
+    assert external["target"]["value"] == f"{round(target * 1000)}m"
+
+    config = yaml.safe_load(built["ConfigMap"]["data"]["config.yaml"])
+    rules = {rule["name"]["as"]: rule for rule in config["externalRules"]}
+    rule = rules[external["metric"]["name"]]
+    series = re.fullmatch(r"([\w:]+)\{.*\}", rule["seriesQuery"])
+    assert series and re.fullmatch(rule["name"]["matches"], series.group(1))
+    recorded = {r.get("record") for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    for r in config["externalRules"]:
+        name = re.fullmatch(r"([\w:]+)\{.*\}", r["seriesQuery"])
+        assert name and name.group(1) in recorded, r["seriesQuery"]
+        assert r["resources"] == {"namespaced": False}
+    # What the adapter runs for this HPA: the template with the series and the HPA's selector.
+    matchers = ",".join(f'{k}="{v}"' for k, v in external["metric"]["selector"]["matchLabels"].items())
+    query = rule["metricsQuery"].replace("<<.Series>>", series.group(1)).replace("<<.LabelMatchers>>", matchers)
+    if shutil.which("promtool"):
+        assert_promql(tmp_path, query, f"{{{matchers}}}", 0.85)
+
+
+def test_scaling_band_is_the_documented_policy() -> None:
+    assert scaling_band() == (0.4, 0.7)
+
+
+def test_podmonitor_keeps_instance_across_rollouts_and_names_the_node_group() -> None:
+    podmonitor = manifest("PodMonitor")
+    assert podmonitor["spec"]["attachMetadata"] == {"node": True}
+    (endpoint,) = podmonitor["spec"]["podMetricsEndpoints"]
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert targets["instance"] == ["__meta_kubernetes_pod_node_name"], "pod IPs change on every rollout"
+    assert targets["node_group"] == ["__meta_kubernetes_node_label_eks_amazonaws_com_nodegroup"]
+    # The alert's job selector matches <namespace>/<name> wherever the PodMonitor is applied.
+    for namespace in (NAME, "monitoring", "default"):
+        assert re.fullmatch("(.+/)?accel.*", f"{namespace}/{podmonitor['metadata']['name']}")

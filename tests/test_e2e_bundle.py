@@ -72,17 +72,17 @@ pytestmark = pytest.mark.skipif(
 # change to the shipped rules fails here loudly instead of silently testing something else.
 FAST_THRESHOLDS: dict[str, list[tuple[str, str]]] = {
     "AcceleratorIdle": [("accel_idle_seconds >= 3600", "accel_idle_seconds >= 2")],
-    "AcceleratorHostIdle": [("(accel_idle_seconds) >= 7200", "(accel_idle_seconds) >= 2")],
+    "AcceleratorHostIdle": [(") >= 7200", ") >= 2")],
     "AcceleratorAbandoned": [("accel_idle_seconds >= 14400", "accel_idle_seconds >= 2")],
     "AcceleratorLongRunningLowUtilization": [
         ("> 86400", "> 60"),
-        ("rate(accel_busy_seconds_total[1d])", "rate(accel_busy_seconds_total[1m])"),
+        ("device:accel_state_seconds:increase1d >= 77760", "device:accel_state_seconds:increase1d >= 0"),
     ],
     "AcceleratorTeamIdleSpendHigh": [
         ("team:accel_idle_cost_dollars_per_hour:rate1h > 20", "team:accel_idle_cost_dollars_per_hour:rate5m > 0")
     ],
     "AcceleratorFleetUnderutilized": [
-        ("job:accel_utilization:ratio_rate1h < 0.4", "job:accel_utilization:ratio_rate5m < 1.01")
+        ("round(job:accel_utilization:ratio_rate1h, 0.0001) < 0.4", "job:accel_utilization:ratio_rate5m < 1.01")
     ],
 }
 
