@@ -255,20 +255,6 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Label values replaced by `other` because the distinct-value cap was reached.",
         "exporter",
     ),
-    _m(
-        "accel_exporter_config_last_reload_successful",
-        "gauge",
-        (),
-        "1 when the last (re)load of the configuration file succeeded, 0 when it was refused.",
-        "exporter",
-    ),
-    _m(
-        "accel_exporter_config_last_reload_success_timestamp_seconds",
-        "gauge",
-        (),
-        "Unix time of the last successful (re)load of the configuration file.",
-        "exporter",
-    ),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
