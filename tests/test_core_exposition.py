@@ -362,3 +362,12 @@ async def test_daemon_reports_a_missing_nvml_without_failing(tmp_path: Any) -> N
         assert "accel_device_info" not in body.replace("# HELP accel_device_info", "").replace(
             "# TYPE accel_device_info", ""
         )
+
+
+def test_every_metric_is_in_the_catalogue_once() -> None:
+    from collections import Counter
+
+    from exporter.catalogue import CATALOGUE
+
+    twice = [name for name, count in Counter(spec.name for spec in CATALOGUE).items() if count > 1]
+    assert twice == []
