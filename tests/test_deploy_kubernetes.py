@@ -132,9 +132,12 @@ def test_volumes(container: dict[str, Any], pod: dict[str, Any]) -> None:
     assert set(volumes) == set(mounts)
     assert volumes["pod-resources"]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
     for name, volume in volumes.items():
-        if "hostPath" in volume:
+        if "hostPath" in volume and name != "state":
             assert mounts[name]["readOnly"] is True, f"hostPath {name} must be read-only"
-    assert "emptyDir" in volumes["state"]
+    # The state directory outlives the pod, so the idle clock survives rollouts: a node directory of
+    # its own, created if missing, and the only writable hostPath.
+    assert volumes["state"]["hostPath"] == {"path": "/var/lib/accel-cost-exporter", "type": "DirectoryOrCreate"}
+    assert not mounts["state"].get("readOnly", False)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert mounts["state"]["mountPath"] == env["STATE_DIRECTORY"]
 
