@@ -450,3 +450,53 @@ def test_wrapper_is_an_absolute_executable(tmp_path: Path) -> None:
     assert wrapper.is_absolute() and os.access(wrapper, os.X_OK)
     text = wrapper.read_text()
     assert sys.executable in text and "--scenario inf2-inference" in text
+
+
+def _bad_first_run(tmp_path: Path, misbehave: str) -> Path:
+    """A neuron-monitor whose first run does `misbehave`; every later run is the healthy fake."""
+    healthy = fake_monitor(tmp_path, name="ok")
+    counter = tmp_path / "starts"
+    return script(
+        tmp_path,
+        "neuron-monitor",
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n"
+        f'if [ "$n" -gt 1 ]; then exec {healthy} "$@"; fi\n{misbehave}',
+    )
+
+
+async def _back_after_restart(src: NeuronSource, caplog: pytest.LogCaptureFixture) -> SourceReport:
+    """Wait for the watchdog's restart, then for the first successful poll after it."""
+    caplog.set_level(logging.WARNING, logger="exporter.sources.neuron")
+    await wait_for(lambda: src.restarts >= 1)
+    first = await src.poll()  # the first poll carries everything counted so far
+    assert (errors(first).get("stall"), errors(first).get("restart")) == (1, 1)
+    assert any("stalled (no line for" in rec.getMessage() for rec in caplog.records)
+    return await poll_until(src, lambda r: r.success and r.devices[0].covered_seconds > 0)
+
+
+async def test_a_pause_inside_an_oversized_line_restarts_the_monitor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2 MB with no newline over a 1 MiB limit, then a pause far beyond the stall timeout. The skip
+    # used to take the pause for EOF and wait for an exit that never came, reporting nothing for good.
+    wrapper = _bad_first_run(tmp_path, "head -c 2000000 /dev/zero | tr '\\0' x\nexec sleep 60")
+    src = source(wrapper, line_limit_bytes=2**20, stall_timeout_seconds=0.5)
+    await src.start()
+    try:
+        report = await _back_after_restart(src, caplog)
+        assert len(report.devices) == 4
+        assert len(src.child_pids) == 2
+    finally:
+        await stopped(src)
+
+
+async def test_a_monitor_that_closes_stdout_but_lives_on_is_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrapper = _bad_first_run(tmp_path, "exec >&-\nexec sleep 60")
+    src = source(wrapper, stall_timeout_seconds=0.5)
+    await src.start()
+    try:
+        await _back_after_restart(src, caplog)
+    finally:
+        await stopped(src)

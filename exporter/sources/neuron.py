@@ -329,6 +329,12 @@ class NeuronSource:
         stalled = False
         try:
             stalled = await self._read_stdout(proc.stdout)
+            if not stalled and not self._stopping.is_set():
+                # EOF on stdout: a monitor that closed it but lives on would be waited for forever.
+                try:
+                    await asyncio.wait_for(proc.wait(), self._stall_timeout)
+                except asyncio.TimeoutError:
+                    stalled = True
             if stalled and not self._stopping.is_set():
                 self._errors["stall"] += 1
                 await self._terminate(proc)
@@ -350,7 +356,7 @@ class NeuronSource:
         return self._records_this_run > 0
 
     async def _read_stdout(self, stream: asyncio.StreamReader) -> bool:
-        """Read lines until EOF (False) or a stall (True)."""
+        """Read lines until EOF (False) or a stall (True): no newline for `stall_timeout`."""
         while True:
             try:
                 line = await asyncio.wait_for(stream.readuntil(b"\n"), self._stall_timeout)
@@ -363,22 +369,30 @@ class NeuronSource:
                 # readuntil leaves the data in the buffer; drop the line and carry on with the next.
                 self._errors["oversize"] += 1
                 self._debug_log("neuron-monitor line over %d bytes skipped", self._line_limit)
-                if not await self._skip_line(stream, exc.consumed):
-                    return False
+                ended = await self._skip_line(stream, exc.consumed)
+                if ended is not None:
+                    return ended
                 continue
             self._ingest(line)
 
-    async def _skip_line(self, stream: asyncio.StreamReader, consumed: int) -> bool:
-        """Discard up to and including the next newline; False at EOF."""
+    async def _skip_line(self, stream: asyncio.StreamReader, consumed: int) -> bool | None:
+        """Discard up to and including the next newline.
+
+        None when the line is gone and reading goes on; otherwise how the stream ended, as
+        `_read_stdout` says it: True for a stall (no newline within `stall_timeout`, which the
+        supervisor must answer with a restart, not by waiting for an exit), False for EOF.
+        """
         try:
             await stream.readexactly(consumed)
             while True:
                 try:
                     await asyncio.wait_for(stream.readuntil(b"\n"), self._stall_timeout)
-                    return True
+                    return None
                 except asyncio.LimitOverrunError as exc:
                     await stream.readexactly(exc.consumed)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            return True
+        except asyncio.IncompleteReadError:
             return False
 
     def _ingest(self, line: bytes) -> None:
