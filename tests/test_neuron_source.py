@@ -500,3 +500,26 @@ async def test_a_monitor_that_closes_stdout_but_lives_on_is_restarted(
         await _back_after_restart(src, caplog)
     finally:
         await stopped(src)
+
+
+async def test_bad_values_are_counted_and_not_reported_as_idle(tmp_path: Path) -> None:
+    core = {"neuroncore_utilization": float("nan")}
+    line = json.dumps(
+        {
+            "neuron_runtime_data": [
+                {"pid": 7, "report": {"neuroncore_counters": {"period": PERIOD, "neuroncores_in_use": {"0": core}}}}
+            ],
+            "neuron_hardware_info": {"neuron_device_count": 1, "neuroncore_per_device_count": 2},
+        }
+    )
+    wrapper = script(tmp_path, "neuron-monitor", f"while :; do echo {shlex.quote(line)}; sleep {PERIOD}; done")
+    src = source(wrapper)
+    await src.start()
+    try:
+        report = await poll_until(src, lambda r: r.success and r.devices[0].unknown_seconds > 0)
+        assert errors(report)["unknown_busy"] >= 1
+        core0, core1 = report.devices
+        assert core0.covered_seconds == 0.0 and core0.utilization is None  # NaN used to read as 0 %
+        assert core1.covered_seconds > 0 and core1.utilization == 0.0  # nobody lists core 1
+    finally:
+        await stopped(src)

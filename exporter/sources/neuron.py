@@ -407,7 +407,16 @@ class NeuronSource:
         for error in record.errors:
             self._errors["group_error"] += 1
             self._debug_log("neuron-monitor %s skipped: %s", error.where, error.message)
-        self._tracker.ingest(record)
+        unknown = self._tracker.ingest(record)
+        if unknown:
+            # Counted once per line: the period adds neither busy nor idle time to these cores.
+            self._errors["unknown_busy"] += 1
+            self._debug_log(
+                "neuron-monitor line: busy time of %d cores unknown (%d unusable values, %d failed runtimes)",
+                unknown,
+                record.bad_values,
+                len(record.failed_runtimes),
+            )
         self._records_this_run += 1
         self._last_record_at = self._clock.monotonic()
 
