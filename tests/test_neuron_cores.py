@@ -407,3 +407,10 @@ def test_uuid_falls_back_to_host_name_without_instance_id() -> None:
     readings = tracker.readings(FakeProcs())
     assert readings[0].identity.uuid == "node-17-nc0"
     assert tracker.host_hints() is None
+
+
+def test_the_first_tiny_capture_is_not_an_unknown_period() -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    assert tracker.ingest(parse_document(doc([rt(1, 0.0005, {0: 30.0})], period=0.0005))) == 0
+    core = by_core(tracker.readings(FakeProcs()))[0]
+    assert core.unknown_seconds == 0.0 and core.covered_seconds == 0.0

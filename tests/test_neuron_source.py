@@ -480,12 +480,12 @@ async def test_a_pause_inside_an_oversized_line_restarts_the_monitor(
     # 2 MB with no newline over a 1 MiB limit, then a pause far beyond the stall timeout. The skip
     # used to take the pause for EOF and wait for an exit that never came, reporting nothing for good.
     wrapper = _bad_first_run(tmp_path, "head -c 2000000 /dev/zero | tr '\\0' x\nexec sleep 60")
-    src = source(wrapper, line_limit_bytes=2**20, stall_timeout_seconds=0.5)
+    src = source(wrapper, line_limit_bytes=2**20, stall_timeout_seconds=1.5)
     await src.start()
     try:
         report = await _back_after_restart(src, caplog)
         assert len(report.devices) == 4
-        assert len(src.child_pids) == 2
+        assert len(src.child_pids) >= 2
     finally:
         await stopped(src)
 
@@ -494,7 +494,7 @@ async def test_a_monitor_that_closes_stdout_but_lives_on_is_restarted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrapper = _bad_first_run(tmp_path, "exec >&-\nexec sleep 60")
-    src = source(wrapper, stall_timeout_seconds=0.5)
+    src = source(wrapper, stall_timeout_seconds=1.5)
     await src.start()
     try:
         await _back_after_restart(src, caplog)

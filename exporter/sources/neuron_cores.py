@@ -146,10 +146,10 @@ class CoreTracker:
         self._update_holders(record, owned, cores)
         self._reported |= unknown
         self._remember_runtime_cores(record, owned)
-        self._integrate(record, cores, unknown)
+        integrated = self._integrate(record, cores, unknown)
         self._count_executions(record.runtimes, owned, cores)
         self._count_ecc(record, hw)
-        return len(unknown)
+        return len(unknown) if integrated else 0
 
     def _unknown_cores(self, record: MonitorRecord, cores: int) -> frozenset[int]:
         """Cores whose busy time over this record cannot be known."""
@@ -214,10 +214,11 @@ class CoreTracker:
         self._holders = {core: tuple(hs) for core, hs in holders.items()}
         self._reported = frozenset(reported) | frozenset(self._holders)
 
-    def _integrate(self, record: MonitorRecord, cores: int, unknown: frozenset[int]) -> None:
+    def _integrate(self, record: MonitorRecord, cores: int, unknown: frozenset[int]) -> bool:
+        """Add the record's period to every core's busy, covered or unknown time; False if it has none."""
         period = record.period()
         if period is None or period < self._min_period:
-            return
+            return False
         busy: dict[int, float] = {}
         for rt in record.runtimes:
             counters = rt.counters
@@ -240,6 +241,7 @@ class CoreTracker:
             if seconds:
                 self._busy[core] = self._busy.get(core, 0.0) + seconds
             self._last_util[core] = seconds / period
+        return True
 
     def _count_executions(self, runtimes: tuple[RuntimeReport, ...], owned: list[tuple[int, ...]], cores: int) -> None:
         for rt, rt_owned in zip(runtimes, owned, strict=True):
