@@ -523,3 +523,25 @@ async def test_bad_values_are_counted_and_not_reported_as_idle(tmp_path: Path) -
         assert core1.covered_seconds > 0 and core1.utilization == 0.0  # nobody lists core 1
     finally:
         await stopped(src)
+
+
+async def test_lines_are_parsed_on_the_sources_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import exporter.sources.neuron as neuron_module
+    from exporter.sources.neuron_parse import MonitorRecord, parse_line
+
+    threads: list[str] = []
+
+    def noting_parse(line: bytes | str) -> MonitorRecord:
+        threads.append(threading.current_thread().name)
+        return parse_line(line)
+
+    monkeypatch.setattr(neuron_module, "parse_line", noting_parse)
+    src = source(fake_monitor(tmp_path))
+    await src.start()
+    try:
+        await wait_for(lambda: src.records >= 3)
+        assert (await src.poll()).success
+    finally:
+        await stopped(src)
+    # Not the event loop's thread, and not the loop's default executor (asyncio_N threads).
+    assert threads and set(threads) == {"neuron-parse"}
