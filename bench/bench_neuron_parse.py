@@ -10,6 +10,11 @@ is the floor: the parser must build the document anyway. Target: ingest <= 2x th
 `--write-docs` puts the table under "## Neuron line ingest" in docs/benchmarks.md (the section
 is replaced when present, appended otherwise; the rest of the file is left alone).
 
+`--loop-stalls` runs the Neuron source in this process on such a stream, alternately parsing on
+its worker thread and, as before, on the event loop, and prints how long the loop stalls (a
+1 ms timer firing over 4 ms late) in each case: same process, machine and load, so the
+difference is where the parse runs.
+
 `--scrape` measures what a scraper sees instead: the exporter (from each CHECKOUT given, default
 this one) runs with a neuron-monitor that prints that line every `--line-every` seconds, while
 `--scrapers` clients per exporter scrape /metrics every `--scrape-every` seconds; it prints the
@@ -20,6 +25,7 @@ so a shared, busy machine loads them alike.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -277,6 +283,49 @@ def write_docs(body: str) -> Path:
     return path
 
 
+STALL_MS = 4.0
+
+
+async def _stalls(monitor: Path, seconds: float, on_loop: bool) -> list[float]:
+    """Loop stalls (ms) while the source reads the stream; `on_loop` parses on the event loop."""
+    from exporter.clock import SystemClock
+    from exporter.config.model import NeuronSettings
+    from exporter.sources.neuron import NeuronSource
+
+    src = NeuronSource(NeuronSettings(monitor_path=str(monitor), period_seconds=1.0), SystemClock(), _Procs())
+    await src.start()
+    if on_loop:
+        # Without its worker the source parses inline, on the loop: the behaviour before the worker.
+        worker, src._worker = src._worker, None
+        assert worker is not None
+        worker.shutdown(wait=False)
+    stalls: list[float] = []
+    try:
+        while src.records < 2:
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late = (time.perf_counter() - start) * 1000 - 1.0
+            if late > STALL_MS:
+                stalls.append(late)
+    finally:
+        await src.stop()
+    return stalls
+
+
+def loop_stalls(seconds: float, rounds: int, line_every: float) -> dict[str, list[float]]:
+    """Loop stalls with the parse on the worker and on the loop, `rounds` alternating runs each."""
+    out: dict[str, list[float]] = {"worker thread": [], "event loop (before)": []}
+    with tempfile.TemporaryDirectory(prefix="bench-neuron-") as tmp:
+        monitor = _stream_script(Path(tmp), line_every)
+        for _ in range(rounds):
+            out["worker thread"] += asyncio.run(_stalls(monitor, seconds, on_loop=False))
+            out["event loop (before)"] += asyncio.run(_stalls(monitor, seconds, on_loop=True))
+    return out
+
+
 def _stream_script(directory: Path, line_every: float) -> Path:
     line = directory / "line.json"
     line.write_bytes(big_line() + b"\n")
@@ -402,7 +451,19 @@ def main() -> int:
     parser.add_argument("--line-every", type=float, default=0.5)
     parser.add_argument("--scrape-every", type=float, default=0.02)
     parser.add_argument("--root", type=Path, action="append", help="checkout whose exporter to run (repeatable)")
+    parser.add_argument("--loop-stalls", action="store_true", help="loop stalls, parse on the worker vs the loop")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.loop_stalls:
+        print(
+            f"Event-loop stalls over {STALL_MS:g} ms, one {len(big_line()) / 1e6:.2f} MB line every {args.line_every:g} s; "
+            f"{args.rounds} alternating runs of {args.seconds:g} s each; Python {platform.python_version()}.\n"
+        )
+        print("| parse on | stalls | p50 ms | p90 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, stalls in loop_stalls(args.seconds, args.rounds, args.line_every).items():
+            p50, p90, p99, top = _percentiles(stalls)
+            print(f"| {name} | {len(stalls)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} |")
+        return 0
     if args.scrape:
         roots = [root.resolve() for root in args.root or [ROOT]]
         latencies = scrape_during_stream(roots, args.seconds, args.scrapers, args.line_every, args.scrape_every)
