@@ -414,3 +414,12 @@ def test_the_first_tiny_capture_is_not_an_unknown_period() -> None:
     assert tracker.ingest(parse_document(doc([rt(1, 0.0005, {0: 30.0})], period=0.0005))) == 0
     core = by_core(tracker.readings(FakeProcs()))[0]
     assert core.unknown_seconds == 0.0 and core.covered_seconds == 0.0
+
+
+def test_a_runtime_that_just_attached_is_not_an_unknown_period() -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    # Runtime 2 attached 3 ms before the line: its counters cover 3 ms of the 5 s period.
+    line = doc([rt(1, 5.0, {0: 50.0}), rt(2, 0.003, {1: 90.0})])
+    assert tracker.ingest(parse_document(line)) == 0
+    cores = by_core(tracker.readings(FakeProcs()))
+    assert cores[1].unknown_seconds == 0.0 and cores[1].covered_seconds == 5.0

@@ -164,7 +164,9 @@ class CoreTracker:
             counters = rt.counters
             if counters is None:
                 continue
-            if counters.period is None or counters.period < self._min_period:
+            if counters.period is None:
+                # A short but real period (a runtime that attached moments ago) is not unknown: it
+                # adds no busy time, as in the first capture.
                 listed = {c.core for c in counters.cores} or self._runtime_cores.get((rt.pid, rt.tag))
                 if not listed:
                     return every
