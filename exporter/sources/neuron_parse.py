@@ -289,7 +289,7 @@ def _bad_values(counters: CoreCounters | None) -> int:
     if counters is None:
         return 0
     unusable = sum(1 for usage in counters.cores if usage.utilization_percent is None)
-    return unusable + (counters.period is None and bool(counters.cores))
+    return unusable + (1 if counters.period is None and counters.cores else 0)
 
 
 def _runtimes(value: Any, errors: list[GroupError], failed: list[tuple[int, str]]) -> list[RuntimeReport]:
