@@ -30,6 +30,12 @@ def test_sigterm_with_a_stuck_monitor_exits_zero_promptly_without_a_traceback(
     # Ignores SIGTERM and never writes a line: only SIGKILL ends it (sleep inherits the ignored signal).
     stuck.write_text(f"#!/bin/sh\ntrap '' TERM\necho $$ > {pid_file}\nexec sleep 600\n", encoding="utf-8")
     stuck.chmod(0o755)
+    # No cloud metadata or price lookups: their worker threads would make the exit time depend on the network.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "host: {provider: static, instance_type: inf2.xlarge}\nmetadata: {providers: []}\npricing: {aws: {enabled: false}}\n",
+        encoding="utf-8",
+    )
     exporter = run_exporter(
         [
             "--collector.neuron",
