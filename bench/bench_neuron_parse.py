@@ -5,18 +5,36 @@ runtime lists all 32 cores, breaks its memory down per core and has 32 loaded mo
 is the floor: the parser must build the document anyway. Target: ingest <= 2x the floor.
 
     .venv/bin/python bench/bench_neuron_parse.py [--runs 40] [--write-docs]
+    .venv/bin/python bench/bench_neuron_parse.py --scrape [--seconds 20] [--root CHECKOUT ...]
 
 `--write-docs` puts the table under "## Neuron line ingest" in docs/benchmarks.md (the section
 is replaced when present, appended otherwise; the rest of the file is left alone).
+
+`--loop-stalls` runs the Neuron source in this process on such a stream, alternately parsing on
+its worker thread and, as before, on the event loop, and prints how long the loop stalls (a
+1 ms timer firing over 4 ms late) in each case: same process, machine and load, so the
+difference is where the parse runs.
+
+`--scrape` measures what a scraper sees instead: the exporter (from each CHECKOUT given, default
+this one) runs with a neuron-monitor that prints that line every `--line-every` seconds, while
+`--scrapers` clients per exporter scrape /metrics every `--scrape-every` seconds; it prints the
+scrape latency percentiles. Several checkouts (e.g. before and after a change) run side by side,
+so a shared, busy machine loads them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import http.client
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import free_port  # noqa: E402
 from exporter.sources.neuron_cores import CoreTracker  # noqa: E402
 from exporter.sources.neuron_parse import parse_line  # noqa: E402
 from exporter.sources.procfs import ProcessFacts  # noqa: E402
@@ -264,11 +283,192 @@ def write_docs(body: str) -> Path:
     return path
 
 
+STALL_MS = 4.0
+
+
+async def _stalls(monitor: Path, seconds: float, on_loop: bool) -> list[float]:
+    """Loop stalls (ms) while the source reads the stream; `on_loop` parses on the event loop."""
+    from exporter.clock import SystemClock
+    from exporter.config.model import NeuronSettings
+    from exporter.sources.neuron import NeuronSource
+
+    src = NeuronSource(NeuronSettings(monitor_path=str(monitor), period_seconds=1.0), SystemClock(), _Procs())
+    await src.start()
+    if on_loop:
+        # Without its worker the source parses inline, on the loop: the behaviour before the worker.
+        worker, src._worker = src._worker, None
+        assert worker is not None
+        worker.shutdown(wait=False)
+    stalls: list[float] = []
+    try:
+        while src.records < 2:
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late = (time.perf_counter() - start) * 1000 - 1.0
+            if late > STALL_MS:
+                stalls.append(late)
+    finally:
+        await src.stop()
+    return stalls
+
+
+def loop_stalls(seconds: float, rounds: int, line_every: float) -> dict[str, list[float]]:
+    """Loop stalls with the parse on the worker and on the loop, `rounds` alternating runs each."""
+    out: dict[str, list[float]] = {"worker thread": [], "event loop (before)": []}
+    with tempfile.TemporaryDirectory(prefix="bench-neuron-") as tmp:
+        monitor = _stream_script(Path(tmp), line_every)
+        for _ in range(rounds):
+            out["worker thread"] += asyncio.run(_stalls(monitor, seconds, on_loop=False))
+            out["event loop (before)"] += asyncio.run(_stalls(monitor, seconds, on_loop=True))
+    return out
+
+
+def _stream_script(directory: Path, line_every: float) -> Path:
+    line = directory / "line.json"
+    line.write_bytes(big_line() + b"\n")
+    monitor = directory / "neuron-monitor"
+    monitor.write_text(f"#!/bin/sh\nwhile :; do cat {line}; sleep {line_every}; done\n", encoding="utf-8")
+    monitor.chmod(0o755)
+    return monitor
+
+
+def _percentiles(values: list[float]) -> tuple[float, float, float, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    return pct(50), pct(90), pct(99), ordered[-1]
+
+
+NEURON_UP = 'accel_exporter_collector_success{collector="neuron"} 1'
+
+
+def _get(conn: http.client.HTTPConnection) -> bytes:
+    conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise SystemExit(f"/metrics answered {response.status}")
+    return body
+
+
+def _scrape_loop(port: int, deadline: float, every: float, out: list[float]) -> None:
+    # Open loop, like Prometheus: a scrape every `every` seconds whatever the last one took, so a
+    # scrape lands inside a parse as often as the loop is blocked (a closed loop would mostly miss it).
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    due = time.monotonic()
+    while due < deadline:
+        start = time.perf_counter()
+        _get(conn)
+        out.append((time.perf_counter() - start) * 1000)
+        due += every
+        time.sleep(max(0.0, due - time.monotonic()))
+    conn.close()
+
+
+def _wait_for_neuron(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the exporter exited with status {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/metrics")
+            if NEURON_UP in conn.getresponse().read().decode():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the neuron collector did not succeed within {within:g} s")
+
+
+def scrape_during_stream(
+    roots: list[Path], seconds: float, scrapers: int, line_every: float, scrape_every: float
+) -> list[list[float]]:
+    """Scrape latencies (ms) per checkout, their exporters side by side, each reading a big line every `line_every` s."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-neuron-") as tmp:
+        monitor = _stream_script(Path(tmp), line_every)
+        try:
+            ports = []
+            for root in roots:
+                port = free_port()
+                argv = [sys.executable, "-m", "exporter", "--collector.neuron", "--no-collector.nvml"]
+                argv += ["--neuron.monitor-path", str(monitor), "--collector.interval", "1s"]
+                argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
+                env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
+                env["PYTHONPATH"] = str(root)
+                procs.append(subprocess.Popen(argv, cwd=root, env=env))
+                ports.append(port)
+            for port, proc in zip(ports, procs, strict=True):
+                _wait_for_neuron(port, proc)
+            deadline = time.monotonic() + seconds
+            results: list[list[list[float]]] = [[[] for _ in range(scrapers)] for _ in roots]
+            threads = [
+                threading.Thread(target=_scrape_loop, args=(port, deadline, scrape_every, out))
+                for port, outs in zip(ports, results, strict=True)
+                for out in outs
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+    return [[ms for out in outs for ms in out] for outs in results]
+
+
+def scrape_table(
+    roots: list[Path], latencies: list[list[float]], scrapers: int, line_every: float, scrape_every: float
+) -> str:
+    """Scrape latency percentiles, one row per checkout."""
+    lines = [
+        f"One {len(big_line()) / 1e6:.2f} MB line every {line_every:g} s; {scrapers} clients per exporter, "
+        f"each scraping every {scrape_every:g} s; Python {platform.python_version()}.",
+        "",
+        "| checkout | scrapes | p50 ms | p90 ms | p99 ms | max ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for root, values in zip(roots, latencies, strict=True):
+        p50, p90, p99, top = _percentiles(values)
+        lines.append(f"| {root} | {len(values)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--scrape", action="store_true", help="measure scrape latency during a big-line stream")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--scrapers", type=int, default=2)
+    parser.add_argument("--line-every", type=float, default=0.5)
+    parser.add_argument("--scrape-every", type=float, default=0.02)
+    parser.add_argument("--root", type=Path, action="append", help="checkout whose exporter to run (repeatable)")
+    parser.add_argument("--loop-stalls", action="store_true", help="loop stalls, parse on the worker vs the loop")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.loop_stalls:
+        print(
+            f"Event-loop stalls over {STALL_MS:g} ms, one {len(big_line()) / 1e6:.2f} MB line every {args.line_every:g} s; "
+            f"{args.rounds} alternating runs of {args.seconds:g} s each; Python {platform.python_version()}.\n"
+        )
+        print("| parse on | stalls | p50 ms | p90 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, stalls in loop_stalls(args.seconds, args.rounds, args.line_every).items():
+            p50, p90, p99, top = _percentiles(stalls)
+            print(f"| {name} | {len(stalls)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} |")
+        return 0
+    if args.scrape:
+        roots = [root.resolve() for root in args.root or [ROOT]]
+        latencies = scrape_during_stream(roots, args.seconds, args.scrapers, args.line_every, args.scrape_every)
+        print(scrape_table(roots, latencies, args.scrapers, args.line_every, args.scrape_every))
+        return 0
     size, results = measure(args.runs)
     body = table(size, results, args.runs)
     print(body)

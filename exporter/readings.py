@@ -64,12 +64,15 @@ class DeviceReading:
     `busy_seconds` and `covered_seconds` describe the interval since the previous poll as the
     driver measured it (sample buffer or measured period); `utilization` is their ratio, or None
     when the device cannot report activity (MIG without GPM), which is not the same as idle.
+    `unknown_seconds` is measured time the source cannot vouch for (bad values in the stream):
+    it is neither busy nor covered, and accounting charges it to no state.
     """
 
     identity: DeviceIdentity
     up: bool
     busy_seconds: float | None = None
     covered_seconds: float = 0.0
+    unknown_seconds: float = 0.0
     utilization: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None

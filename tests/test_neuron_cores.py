@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
-from exporter.config.model import HostSettings
-from exporter.readings import DeviceReading
+from exporter.accounting.ledger import Ledger
+from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_HELD
+from exporter.config.model import AccountingSettings, AttributionSettings, HostSettings
+from exporter.context.attribution import RuleAttributor
+from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.readings import DeviceReading, SourceReport
 from exporter.sim.neuron_monitor import Window, build_record
 from exporter.sim.patterns import Burst, Constant, Schedule
 from exporter.sim.scenario import NeuronHost, NeuronRuntime, Scenario
@@ -227,21 +231,114 @@ def test_tiny_period_records_add_no_busy_time() -> None:
     assert second[0].busy_seconds == pytest.approx(2.0) and second[0].covered_seconds == 5.0
 
 
-def test_runtime_error_and_group_error_skip_the_data() -> None:
+def test_runtime_error_and_group_error_make_busy_time_unknown() -> None:
     bad = rt(1, 5.0, {0: 80.0}, memory={0: 100})
     bad["error"] = "runtime unreachable"
     partial = rt(2, 5.0, {1: 50.0}, memory={1: 100})
     partial["report"]["neuroncore_counters"]["error"] = "counter read failed"
     tracker = CoreTracker("h", min_period=0.5)
     record = parse_document(doc([bad, partial]))
-    tracker.ingest(record)
+    assert tracker.ingest(record) == 2
     cores = by_core(tracker.readings(FakeProcs()))
     assert len(record.errors) == 2
-    assert cores[0].processes == () and cores[0].busy_seconds == 0.0
-    # Runtime 2's counters are gone but its memory still proves it holds core 1 (idle_held, not busy).
-    assert [p.pid for p in cores[1].processes] == [2] and cores[1].busy_seconds == 0.0
-    # Covered time still comes from the line's other groups.
-    assert cores[1].covered_seconds == 5.0
+    # A runtime never seen before could have run anywhere: no core's busy time is known.
+    for core in cores.values():
+        assert (core.busy_seconds, core.covered_seconds, core.unknown_seconds) == (0.0, 0.0, 5.0)
+        assert core.utilization is None  # unknown, not 0 % (idle)
+    # Runtime 2's counters are gone but its memory still proves it holds core 1.
+    assert [p.pid for p in cores[1].processes] == [2]
+
+
+def _core_41(extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return doc([rt(1, 5.0, {0: 41.0, 1: 0.0}, memory={0: 100}, tag="serve"), *(extra or [])])
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda r: r.update(error="runtime crashed"), id="runtime-error"),
+        pytest.param(lambda r: r["report"]["neuroncore_counters"].update(error="read failed"), id="counters-error"),
+        pytest.param(lambda r: r["report"]["neuroncore_counters"].update(period="5s"), id="string-period"),
+        pytest.param(
+            lambda r: r["report"]["neuroncore_counters"]["neuroncores_in_use"]["0"].update(neuroncore_utilization="41"),
+            id="string-utilization",
+        ),
+        pytest.param(
+            lambda r: r["report"]["neuroncore_counters"]["neuroncores_in_use"]["0"].update(
+                neuroncore_utilization=float("nan")
+            ),
+            id="nan",
+        ),
+        pytest.param(
+            lambda r: r["report"]["neuroncore_counters"]["neuroncores_in_use"]["0"].update(
+                neuroncore_utilization=float("inf")
+            ),
+            id="infinity",
+        ),
+    ],
+)
+def test_a_period_the_stream_cannot_vouch_for_is_neither_busy_nor_idle(spoil: Any) -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    assert tracker.ingest(parse_document(_core_41())) == 0
+    known = by_core(tracker.readings(FakeProcs()))
+    assert known[0].utilization == pytest.approx(0.41) and known[0].unknown_seconds == 0.0
+    spoiled = _core_41()
+    spoil(spoiled["neuron_runtime_data"][0])
+    # Through JSON text, as the monitor writes it (NaN and Infinity are what Python's json emits).
+    assert tracker.ingest(parse_line(json.dumps(spoiled))) >= 1
+    core = by_core(tracker.readings(FakeProcs()))[0]
+    assert core.busy_seconds == 0.0 and core.covered_seconds == 0.0 and core.unknown_seconds == 5.0
+    assert core.utilization == pytest.approx(0.41)  # the last known value stands, not 0
+    assert [p.pid for p in core.processes] == [1]  # still held
+    # The next good record is measured again.
+    tracker.ingest(parse_document(_core_41()))
+    again = by_core(tracker.readings(FakeProcs()))[0]
+    assert (again.busy_seconds, again.covered_seconds, again.unknown_seconds) == (pytest.approx(2.05), 5.0, 0.0)
+
+
+def test_a_bad_value_on_one_core_leaves_the_others_measured() -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    tracker.ingest(parse_document(doc([rt(1, 5.0, {0: "busy", 1: 60.0})], cores=3)))  # type: ignore[dict-item]
+    cores = by_core(tracker.readings(FakeProcs()))
+    assert cores[0].unknown_seconds == 5.0 and cores[0].covered_seconds == 0.0 and cores[0].utilization is None
+    assert cores[1].busy_seconds == pytest.approx(3.0) and cores[1].covered_seconds == 5.0
+    assert cores[2].utilization == 0.0 and cores[2].covered_seconds == 5.0  # nobody lists it
+
+
+def test_unknown_periods_hold_the_state_and_are_not_charged_as_idle() -> None:
+    """Tracker to ledger: an unknown period adds no state seconds, idle cost or waste; the state holds."""
+    settings = AccountingSettings()
+    ledger = Ledger(settings)
+    identity = HostIdentity(provider="aws", instance_type="trn1.2xlarge", source="demo")
+    context = HostContext(identity, PriceQuote(3.6, "config"), RuleAttributor(AttributionSettings(), ()))
+    tracker = CoreTracker("h", min_period=0.5)
+
+    def poll(document: dict[str, Any], now: float) -> None:
+        tracker.ingest(parse_line(json.dumps(document)))
+        report = SourceReport("neuron", tracker.readings(FakeProcs()), True, 0.0, now)
+        ledger.ingest(report, context, now)
+
+    idle = doc([rt(1, 5.0, {0: 0.0}, memory={0: 100})])  # held at 0 %: idle_held
+    nan = doc([rt(1, 5.0, {0: float("nan")}, memory={0: 100})])
+    poll(idle, 0.0)
+    poll(idle, 5.0)
+    before = ledger.snapshot(5.0).devices[0]
+    assert before.state == IDLE_HELD
+    poll(nan, 10.0)
+    poll(nan, 15.0)
+    after = ledger.snapshot(15.0).devices[0]
+    assert after.state == IDLE_HELD  # held, not turned into anything by unknown data
+    assert dict(after.state_seconds) == dict(before.state_seconds) == {IDLE_HELD: 5.0}
+    assert after.idle_cost == before.idle_cost and after.waste == before.waste
+    assert sum(v for _, v in after.cost) == pytest.approx(3.6 / 3600 * 15.0 / 2)  # money is still spent
+    assert after.busy_seconds_total == 0.0
+    # The same for a core that was active: an unknown period is not charged as idle either.
+    busy = doc([rt(1, 5.0, {1: 90.0}, memory={1: 100})])
+    poll(busy, 20.0)
+    poll(doc([rt(1, 5.0, {1: float("inf")}, memory={1: 100})]), 25.0)
+    core1 = ledger.snapshot(25.0).devices[1]
+    assert core1.state == ACTIVE
+    assert dict(core1.state_seconds) == {IDLE_FREE: 15.0, ACTIVE: 5.0}
 
 
 def test_exact_integration_against_the_pattern() -> None:
@@ -310,3 +407,19 @@ def test_uuid_falls_back_to_host_name_without_instance_id() -> None:
     readings = tracker.readings(FakeProcs())
     assert readings[0].identity.uuid == "node-17-nc0"
     assert tracker.host_hints() is None
+
+
+def test_the_first_tiny_capture_is_not_an_unknown_period() -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    assert tracker.ingest(parse_document(doc([rt(1, 0.0005, {0: 30.0})], period=0.0005))) == 0
+    core = by_core(tracker.readings(FakeProcs()))[0]
+    assert core.unknown_seconds == 0.0 and core.covered_seconds == 0.0
+
+
+def test_a_runtime_that_just_attached_is_not_an_unknown_period() -> None:
+    tracker = CoreTracker("h", min_period=0.5)
+    # Runtime 2 attached 3 ms before the line: its counters cover 3 ms of the 5 s period.
+    line = doc([rt(1, 5.0, {0: 50.0}), rt(2, 0.003, {1: 90.0})])
+    assert tracker.ingest(parse_document(line)) == 0
+    cores = by_core(tracker.readings(FakeProcs()))
+    assert cores[1].unknown_seconds == 0.0 and cores[1].covered_seconds == 5.0

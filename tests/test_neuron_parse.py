@@ -180,9 +180,12 @@ def test_error_strings_at_runtime_group_and_hardware_level() -> None:
         },
     }
     record = parse_document(document)
-    # The errored runtime is dropped; the errored group of runtime 2 is dropped, its memory kept.
+    # The errored runtime is dropped (and named); the errored counters of runtime 2 carry no data
+    # (their busy time is unknown), its memory is kept.
     assert [r.pid for r in record.runtimes] == [2]
-    assert record.runtimes[0].counters is None
+    assert record.failed_runtimes == ((1, "1"),)
+    assert record.runtimes[0].counters is not None
+    assert record.runtimes[0].counters.period is None and record.runtimes[0].counters.cores == ()
     assert record.runtimes[0].memory is not None
     assert record.hw_counters is None
     assert record.hardware is None
@@ -215,7 +218,7 @@ def test_old_names_inference_stats_and_summary() -> None:
     assert dict(rt.execution.errors) == {"generic": 1, "numerical": 0}
 
 
-def test_bad_values_are_ignored_not_fatal() -> None:
+def test_bad_values_are_unknown_not_fatal() -> None:
     report = {
         "neuroncore_counters": {
             "period": "5s",
@@ -234,7 +237,8 @@ def test_bad_values_are_ignored_not_fatal() -> None:
     rt = parse_document({"neuron_runtime_data": [runtime(4, report)]}).runtimes[0]
     assert rt.counters is not None
     assert rt.counters.period is None
-    assert {c.core: c.utilization_percent for c in rt.counters.cores} == {0: 100.0, 1: 0.0, 2: 0.0}
+    # Far outside 0-100, not a number, or no object at all: unknown, never 0 % (idle).
+    assert {c.core: c.utilization_percent for c in rt.counters.cores} == {0: None, 1: None, 2: None, 3: None}
     assert rt.execution is not None and dict(rt.execution.outcomes) == {"failed_to_queue": 2}
 
 
@@ -306,3 +310,42 @@ def test_instance_info_error_keeps_the_filled_fields_and_is_not_counted() -> Non
     record = parse_document(document)
     assert record.instance is not None and record.instance.instance_type == "inf2.xlarge"
     assert record.errors == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("41.4", 41.4),
+        ("100.0001", 100.0),  # monitor rounding: clamped
+        ("-0.0001", 0.0),
+        ("0", 0.0),
+        ("NaN", None),  # used to be 0 %
+        ("Infinity", None),  # used to be 100 %
+        ("-Infinity", None),
+        ('"41.4"', None),  # a string for a number used to be 0 %
+        ("null", None),
+        ("true", None),
+        ("{}", None),
+        ("250", None),
+    ],
+)
+def test_utilization_values_the_stream_cannot_vouch_for_are_unknown(raw: str, expected: float | None) -> None:
+    line = (
+        '{"neuron_runtime_data": [{"pid": 7, "report": {"neuroncore_counters": {"period": 5.0,'
+        f' "neuroncores_in_use": {{"0": {{"neuroncore_utilization": {raw}}}, "1": {{}}}}}}}}}}]}}'
+    )
+    record = parse_line(line)
+    rt = record.runtimes[0]
+    assert rt.counters is not None
+    assert dict((c.core, c.utilization_percent) for c in rt.counters.cores) == {0: expected, 1: None}
+    assert record.bad_values == (2 if expected is None else 1)
+
+
+def test_failed_runtimes_and_counter_groups_are_named() -> None:
+    failed = {"pid": 9, "neuron_runtime_tag": "serve", "error": "lost contact with the runtime"}
+    partial = runtime(10, {"neuroncore_counters": {"period": 5.0, "error": "counters unreadable"}})
+    record = parse_document({"neuron_runtime_data": [failed, partial]})
+    assert record.failed_runtimes == ((9, "serve"),)
+    counters = record.runtimes[0].counters
+    assert counters is not None and counters.period is None and counters.cores == ()
+    assert len(record.errors) == 2 and record.bad_values == 0

@@ -450,3 +450,98 @@ def test_wrapper_is_an_absolute_executable(tmp_path: Path) -> None:
     assert wrapper.is_absolute() and os.access(wrapper, os.X_OK)
     text = wrapper.read_text()
     assert sys.executable in text and "--scenario inf2-inference" in text
+
+
+def _bad_first_run(tmp_path: Path, misbehave: str) -> Path:
+    """A neuron-monitor whose first run does `misbehave`; every later run is the healthy fake."""
+    healthy = fake_monitor(tmp_path, name="ok")
+    counter = tmp_path / "starts"
+    return script(
+        tmp_path,
+        "neuron-monitor",
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n"
+        f'if [ "$n" -gt 1 ]; then exec {healthy} "$@"; fi\n{misbehave}',
+    )
+
+
+async def _back_after_restart(src: NeuronSource, caplog: pytest.LogCaptureFixture) -> SourceReport:
+    """Wait for the watchdog's restart, then for the first successful poll after it."""
+    caplog.set_level(logging.WARNING, logger="exporter.sources.neuron")
+    await wait_for(lambda: src.restarts >= 1)
+    first = await src.poll()  # the first poll carries everything counted so far
+    assert (errors(first).get("stall"), errors(first).get("restart")) == (1, 1)
+    assert any("stalled (no line for" in rec.getMessage() for rec in caplog.records)
+    return await poll_until(src, lambda r: r.success and r.devices[0].covered_seconds > 0)
+
+
+async def test_a_pause_inside_an_oversized_line_restarts_the_monitor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2 MB with no newline over a 1 MiB limit, then a pause far beyond the stall timeout. The skip
+    # used to take the pause for EOF and wait for an exit that never came, reporting nothing for good.
+    wrapper = _bad_first_run(tmp_path, "head -c 2000000 /dev/zero | tr '\\0' x\nexec sleep 60")
+    src = source(wrapper, line_limit_bytes=2**20, stall_timeout_seconds=1.5)
+    await src.start()
+    try:
+        report = await _back_after_restart(src, caplog)
+        assert len(report.devices) == 4
+        assert len(src.child_pids) >= 2
+    finally:
+        await stopped(src)
+
+
+async def test_a_monitor_that_closes_stdout_but_lives_on_is_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrapper = _bad_first_run(tmp_path, "exec >&-\nexec sleep 60")
+    src = source(wrapper, stall_timeout_seconds=1.5)
+    await src.start()
+    try:
+        await _back_after_restart(src, caplog)
+    finally:
+        await stopped(src)
+
+
+async def test_bad_values_are_counted_and_not_reported_as_idle(tmp_path: Path) -> None:
+    core = {"neuroncore_utilization": float("nan")}
+    line = json.dumps(
+        {
+            "neuron_runtime_data": [
+                {"pid": 7, "report": {"neuroncore_counters": {"period": PERIOD, "neuroncores_in_use": {"0": core}}}}
+            ],
+            "neuron_hardware_info": {"neuron_device_count": 1, "neuroncore_per_device_count": 2},
+        }
+    )
+    wrapper = script(tmp_path, "neuron-monitor", f"while :; do echo {shlex.quote(line)}; sleep {PERIOD}; done")
+    src = source(wrapper)
+    await src.start()
+    try:
+        report = await poll_until(src, lambda r: r.success and r.devices[0].unknown_seconds > 0)
+        assert errors(report)["unknown_busy"] >= 1
+        core0, core1 = report.devices
+        assert core0.covered_seconds == 0.0 and core0.utilization is None  # NaN used to read as 0 %
+        assert core1.covered_seconds > 0 and core1.utilization == 0.0  # nobody lists core 1
+    finally:
+        await stopped(src)
+
+
+async def test_lines_are_parsed_on_the_sources_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import exporter.sources.neuron as neuron_module
+    from exporter.sources.neuron_parse import MonitorRecord, parse_line
+
+    threads: list[str] = []
+
+    def noting_parse(line: bytes | str) -> MonitorRecord:
+        threads.append(threading.current_thread().name)
+        return parse_line(line)
+
+    monkeypatch.setattr(neuron_module, "parse_line", noting_parse)
+    src = source(fake_monitor(tmp_path))
+    await src.start()
+    try:
+        await wait_for(lambda: src.records >= 3)
+        assert (await src.poll()).success
+    finally:
+        await stopped(src)
+    # Not the event loop's thread, and not the loop's default executor (asyncio_N threads).
+    assert threads and set(threads) == {"neuron-parse"}

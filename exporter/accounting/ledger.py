@@ -180,14 +180,17 @@ class Ledger:
         book.last_time = now
         book.reading = reading
         settings = self._settings
-        state = classify(reading, settings.idle_threshold, settings.noise_floor)
+        vouched = _vouched_share(reading)
+        # Time the source could not vouch for is charged to no state; with nothing known, the state holds.
+        state = classify(reading, settings.idle_threshold, settings.noise_floor) if vouched else book.state
         if state != book.state:
             book.state_since = now
         book.state = state
-        if state in (ACTIVE, NO_STATE):  # a fully sliced MIG parent is not idle: its slices are
+        # A fully sliced MIG parent is not idle: its slices are.
+        if state in (ACTIVE, NO_STATE) and vouched:
             book.last_active = now
-        if state != NO_STATE:
-            book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt
+        if state != NO_STATE and vouched:
+            book.state_seconds[state] = book.state_seconds.get(state, 0.0) + dt * vouched
         if reading.busy_seconds is not None:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
@@ -202,14 +205,14 @@ class Ledger:
         dollars = price / SECONDS_PER_HOUR * dt
         owner_key = (book.owner.team, book.owner.workload)
         book.cost[owner_key] = book.cost.get(owner_key, 0.0) + dollars
-        if state in IDLE_STATES:
+        if state in IDLE_STATES and vouched:
             idle_key = (book.owner.team, book.owner.workload, state)
-            book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars
-        if reading.utilization is not None or state != ACTIVE:
+            book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars * vouched
+        if (reading.utilization is not None or state != ACTIVE) and vouched:
             # Unknown activity (MIG) on a device nobody holds, or a lost device, does no work.
             utilization = reading.utilization if reading.up and reading.utilization is not None else 0.0
             target = settings.target_utilization
-            waste = dollars * max(0.0, target - utilization) / target
+            waste = dollars * vouched * max(0.0, target - utilization) / target
             book.waste[owner_key] = book.waste.get(owner_key, 0.0) + waste
 
     def _new_book(self, collector: str, reading: DeviceReading, now: float) -> _DeviceBook:
@@ -338,6 +341,13 @@ class Ledger:
 
 def _shifted(mark: IdleMark, offset: float) -> IdleMark:
     return IdleMark(mark.last_active + offset, mark.state, mark.state_since + offset)
+
+
+def _vouched_share(reading: DeviceReading) -> float:
+    """The share of the interval the source vouches for: 1.0 unless part of it was unknown."""
+    if reading.unknown_seconds <= 0:
+        return 1.0
+    return reading.covered_seconds / (reading.covered_seconds + reading.unknown_seconds)
 
 
 def _natural(name: str) -> tuple[tuple[int, int | str], ...]:

@@ -2,7 +2,8 @@
 
 neuron-monitor is started by absolute path (it is not on PATH under systemd or in containers)
 with a config file this module writes, and read line by line in a background task. Each line is
-parsed (neuron_parse) and folded into a CoreTracker (neuron_cores); `poll` hands out what
+parsed (neuron_parse) on the source's own worker thread, since a 1.5 MB line takes 20-30 ms,
+and folded into a CoreTracker (neuron_cores) on the event loop; `poll` hands out what
 accumulated since the previous poll. The child is restarted with exponential backoff when it
 exits or stalls, its stderr is drained into the debug log, and `stop` terminates, kills if
 needed and reaps it, so no orphan or zombie is left behind.
@@ -29,8 +30,9 @@ from exporter.clock import Clock
 from exporter.config.model import NeuronSettings
 from exporter.readings import SourceReport
 from exporter.sources.neuron_cores import MIN_PERIOD_SECONDS, CoreTracker
-from exporter.sources.neuron_parse import ParseError, parse_line
+from exporter.sources.neuron_parse import MonitorRecord, ParseError, parse_line
 from exporter.sources.procfs import ProcessFacts, ProcessFactsReader
+from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,9 @@ class NeuronSource:
         self._pids: list[int] = []
         self._records_this_run = 0
         self._debug_log = RateLimitedLog(log, logging.DEBUG)
+        # Parsing and /proc reads, off the event loop. The source's own thread: the loop's default
+        # executor serves others (request handling) and must not delay neuron polls or be delayed.
+        self._worker: SerialDaemonExecutor | None = None
 
     # --- introspection (tests, diagnostics) -----------------------------------------------
 
@@ -199,6 +204,7 @@ class NeuronSource:
             self._errors["config"] += 1
             self._config_path = None
             return
+        self._worker = SerialDaemonExecutor("neuron-parse")
         self._task = asyncio.create_task(self._supervise(), name="neuron-monitor supervisor")
 
     async def stop(self) -> None:
@@ -228,6 +234,9 @@ class NeuronSource:
                     # Synchronous, so it happens even when cancelled; asyncio's child watcher reaps it.
                     self._signal(leftover, signal.SIGKILL)
             self._proc = None
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                worker.shutdown(wait=False)  # a parse in flight finishes on its own; nothing waits for it
             if self._config_dir is not None:
                 shutil.rmtree(self._config_dir, ignore_errors=True)
                 self._config_dir = None
@@ -329,6 +338,12 @@ class NeuronSource:
         stalled = False
         try:
             stalled = await self._read_stdout(proc.stdout)
+            if not stalled and not self._stopping.is_set():
+                # EOF on stdout: a monitor that closed it but lives on would be waited for forever.
+                try:
+                    await asyncio.wait_for(proc.wait(), self._stall_timeout)
+                except asyncio.TimeoutError:
+                    stalled = True
             if stalled and not self._stopping.is_set():
                 self._errors["stall"] += 1
                 await self._terminate(proc)
@@ -350,42 +365,50 @@ class NeuronSource:
         return self._records_this_run > 0
 
     async def _read_stdout(self, stream: asyncio.StreamReader) -> bool:
-        """Read lines until EOF (False) or a stall (True)."""
+        """Read lines until EOF (False) or a stall (True): no newline for `stall_timeout`."""
         while True:
             try:
                 line = await asyncio.wait_for(stream.readuntil(b"\n"), self._stall_timeout)
             except asyncio.TimeoutError:
                 return True
             except asyncio.IncompleteReadError as exc:
-                self._ingest(exc.partial)
+                await self._ingest(exc.partial)
                 return False
             except asyncio.LimitOverrunError as exc:
                 # readuntil leaves the data in the buffer; drop the line and carry on with the next.
                 self._errors["oversize"] += 1
                 self._debug_log("neuron-monitor line over %d bytes skipped", self._line_limit)
-                if not await self._skip_line(stream, exc.consumed):
-                    return False
+                ended = await self._skip_line(stream, exc.consumed)
+                if ended is not None:
+                    return ended
                 continue
-            self._ingest(line)
+            await self._ingest(line)
 
-    async def _skip_line(self, stream: asyncio.StreamReader, consumed: int) -> bool:
-        """Discard up to and including the next newline; False at EOF."""
+    async def _skip_line(self, stream: asyncio.StreamReader, consumed: int) -> bool | None:
+        """Discard up to and including the next newline.
+
+        None when the line is gone and reading goes on; otherwise how the stream ended, as
+        `_read_stdout` says it: True for a stall (no newline within `stall_timeout`, which the
+        supervisor must answer with a restart, not by waiting for an exit), False for EOF.
+        """
         try:
             await stream.readexactly(consumed)
             while True:
                 try:
                     await asyncio.wait_for(stream.readuntil(b"\n"), self._stall_timeout)
-                    return True
+                    return None
                 except asyncio.LimitOverrunError as exc:
                     await stream.readexactly(exc.consumed)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            return True
+        except asyncio.IncompleteReadError:
             return False
 
-    def _ingest(self, line: bytes) -> None:
+    async def _ingest(self, line: bytes) -> None:
         if not line or line.isspace():  # isspace stops at the first byte of a real line; strip copies it
             return
         try:
-            record = parse_line(line)
+            record = await self._parse(line)
         except ParseError as exc:
             self._errors["parse"] += 1
             self._debug_log("neuron-monitor line skipped (%d bytes): %s", len(line), exc)
@@ -393,9 +416,25 @@ class NeuronSource:
         for error in record.errors:
             self._errors["group_error"] += 1
             self._debug_log("neuron-monitor %s skipped: %s", error.where, error.message)
-        self._tracker.ingest(record)
+        unknown = self._tracker.ingest(record)
+        if unknown:
+            # Counted once per line: the period adds neither busy nor idle time to these cores.
+            self._errors["unknown_busy"] += 1
+            self._debug_log(
+                "neuron-monitor line: busy time of %d cores unknown (%d unusable values, %d failed runtimes)",
+                unknown,
+                record.bad_values,
+                len(record.failed_runtimes),
+            )
         self._records_this_run += 1
         self._last_record_at = self._clock.monotonic()
+
+    async def _parse(self, line: bytes) -> MonitorRecord:
+        # One line at a time, in order: the reader awaits each parse before reading on.
+        worker = self._worker
+        if worker is None:  # only while stop() is tearing down: not worth a failure
+            return parse_line(line)
+        return await asyncio.get_running_loop().run_in_executor(worker, parse_line, line)
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
         # An undrained stderr pipe fills up and blocks the monitor.
@@ -420,10 +459,15 @@ class NeuronSource:
             failure = self._failure(started)
             if failure is not None:
                 return failure  # before reading /proc: nothing of it would be reported
-            # /proc reads and user-name lookups (NSS may ask LDAP/sssd) run in a worker thread; the
-            # tracker itself is not thread-safe and stays on the event loop.
+            # /proc reads and user-name lookups (NSS may ask LDAP/sssd) run on the source's worker
+            # thread; the tracker itself is not thread-safe and stays on the event loop.
             pids = self._tracker.holder_pids()
-            read_ahead = await asyncio.to_thread(_read_facts, self._proc_reader, pids) if pids else {}
+            worker = self._worker
+            read_ahead: Mapping[int, ProcessFacts | None] = {}
+            if pids and worker is not None:
+                read_ahead = await asyncio.get_running_loop().run_in_executor(
+                    worker, _read_facts, self._proc_reader, pids
+                )
             return SourceReport(
                 collector=NAME,
                 devices=self._tracker.readings(_ReadAhead(read_ahead, self._proc_reader)),

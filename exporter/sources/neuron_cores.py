@@ -10,6 +10,9 @@ Rules (see docs/neuron.md and the reference's pitfalls):
   model subgraph there (device-local index made global), or keeps it busy (utilization > 0).
 - Busy time is integrated over each record's measured period; records shorter than
   `min_period` (the first line's ~0.5 ms capture) add neither busy nor covered time.
+- A core whose busy time a record cannot vouch for (a bad value, a runtime or counter group
+  `error`) adds that period as unknown time: neither busy nor covered. A failed runtime's cores
+  are those it listed or held in the previous record; one never seen makes every core unknown.
 - Execution counts are per-period deltas and go to the runtime's first owned core; ECC counts
   go to the Neuron device's first core, so no Neuron device needs an identity of its own.
 """
@@ -84,15 +87,18 @@ class CoreTracker:
         self._min_period = min_period
         self._hardware: HardwareInfo | None = None
         self._instance: InstanceInfo | None = None
-        # Accumulated since the last `readings` call.
+        # Accumulated since the last `readings` call, per core.
         self._busy: dict[int, float] = {}
-        self._covered = 0.0
+        self._covered: dict[int, float] = {}
+        self._unknown: dict[int, float] = {}
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self._records = 0
         # State of the latest record.
         self._holders: dict[int, tuple[_Holder, ...]] = {}
         self._reported: frozenset[int] = frozenset()
         self._last_util: dict[int, float] = {}
+        # Cores each runtime (pid, tag) listed or held in the latest record it was part of.
+        self._runtime_cores: dict[tuple[int, str], frozenset[int]] = {}
         self._total_records = 0
 
     # --- ingest ---------------------------------------------------------------------------
@@ -118,8 +124,11 @@ class CoreTracker:
         hw = self._hardware
         return hw.device_count * hw.cores_per_device if hw else 0
 
-    def ingest(self, record: MonitorRecord) -> None:
-        """Fold one parsed line into the accumulators and the latest-state view."""
+    def ingest(self, record: MonitorRecord) -> int:
+        """Fold one parsed line into the accumulators and the latest-state view.
+
+        Returns how many cores' busy time the line could not vouch for (0 when all is known).
+        """
         self._records += 1
         self._total_records += 1
         if record.hardware is not None:
@@ -129,14 +138,50 @@ class CoreTracker:
         hw = self._hardware
         if hw is None:
             # Without an inventory there is nothing to attribute to; the source reports the failure.
-            return
+            return 0
         cores = self.core_count
         # Aligned with record.runtimes (pids are not unique keys: the guide's example has pid 0).
         owned = [self._owned_cores(rt, hw, cores) for rt in record.runtimes]
-        self._update_holders(record.runtimes, owned, cores)
-        self._integrate(record, cores)
+        unknown = self._unknown_cores(record, cores)
+        self._update_holders(record, owned, cores)
+        self._reported |= unknown
+        self._remember_runtime_cores(record, owned)
+        integrated = self._integrate(record, cores, unknown)
         self._count_executions(record.runtimes, owned, cores)
         self._count_ecc(record, hw)
+        return len(unknown) if integrated else 0
+
+    def _unknown_cores(self, record: MonitorRecord, cores: int) -> frozenset[int]:
+        """Cores whose busy time over this record cannot be known."""
+        every = frozenset(range(cores))
+        unknown: set[int] = set()
+        for key in record.failed_runtimes:
+            last = self._runtime_cores.get(key)
+            if last is None:
+                return every  # a runtime never seen could have been running anywhere
+            unknown |= last
+        for rt in record.runtimes:
+            counters = rt.counters
+            if counters is None:
+                continue
+            if counters.period is None:
+                # A short but real period (a runtime that attached moments ago) is not unknown: it
+                # adds no busy time, as in the first capture.
+                listed = {c.core for c in counters.cores} or self._runtime_cores.get((rt.pid, rt.tag))
+                if not listed:
+                    return every
+                unknown |= listed
+            else:
+                unknown.update(c.core for c in counters.cores if c.utilization_percent is None)
+        return frozenset(core for core in unknown if core < cores)
+
+    def _remember_runtime_cores(self, record: MonitorRecord, owned: list[tuple[int, ...]]) -> None:
+        # Only the latest record's runtimes (and the failed ones' earlier cores): it never grows.
+        remembered = {key: self._runtime_cores[key] for key in record.failed_runtimes if key in self._runtime_cores}
+        for rt, rt_owned in zip(record.runtimes, owned, strict=True):
+            listed = {c.core for c in rt.counters.cores} if rt.counters is not None else set()
+            remembered[(rt.pid, rt.tag)] = frozenset(listed.union(rt_owned))
+        self._runtime_cores = remembered
 
     def _owned_cores(self, runtime: RuntimeReport, hw: HardwareInfo, cores: int) -> tuple[int, ...]:
         owned: set[int] = set()
@@ -149,13 +194,20 @@ class CoreTracker:
                 if local < hw.cores_per_device
             )
         if runtime.counters is not None:
-            owned.update(c.core for c in runtime.counters.cores if c.utilization_percent > 0)
+            owned.update(c.core for c in runtime.counters.cores if c.utilization_percent)
         return tuple(sorted(core for core in owned if core < cores))
 
-    def _update_holders(self, runtimes: tuple[RuntimeReport, ...], owned: list[tuple[int, ...]], cores: int) -> None:
+    def _update_holders(self, record: MonitorRecord, owned: list[tuple[int, ...]], cores: int) -> None:
         holders: dict[int, list[_Holder]] = {}
         reported: set[int] = set()
-        for rt, rt_owned in zip(runtimes, owned, strict=True):
+        failed = set(record.failed_runtimes)
+        if failed:
+            # A runtime that reported only an error still holds what it held: keep it for now.
+            for core, previous in self._holders.items():
+                kept = [h for h in previous if (h.pid, h.tag) in failed]
+                if kept:
+                    holders[core] = kept
+        for rt, rt_owned in zip(record.runtimes, owned, strict=True):
             memory = dict(rt.memory.per_core) if rt.memory is not None else {}
             for core in rt_owned:
                 holders.setdefault(core, []).append(_Holder(rt.pid, rt.tag, memory.get(core)))
@@ -164,28 +216,34 @@ class CoreTracker:
         self._holders = {core: tuple(hs) for core, hs in holders.items()}
         self._reported = frozenset(reported) | frozenset(self._holders)
 
-    def _integrate(self, record: MonitorRecord, cores: int) -> None:
+    def _integrate(self, record: MonitorRecord, cores: int, unknown: frozenset[int]) -> bool:
+        """Add the record's period to every core's busy, covered or unknown time; False if it has none."""
         period = record.period()
         if period is None or period < self._min_period:
-            return
+            return False
         busy: dict[int, float] = {}
         for rt in record.runtimes:
             counters = rt.counters
             if counters is None or counters.period is None or counters.period < self._min_period:
                 continue
             for usage in counters.cores:
-                if usage.core >= cores:
+                if usage.core >= cores or usage.utilization_percent is None:
                     continue
                 seconds = min(counters.period, period) * usage.utilization_percent / 100.0
                 # Max, not sum and not average: other runtimes list this core at 0 %.
                 if seconds > busy.get(usage.core, 0.0):
                     busy[usage.core] = seconds
-        self._covered += period
         for core in range(cores):
+            if core in unknown:
+                # Neither busy nor idle; the last known utilization stands.
+                self._unknown[core] = self._unknown.get(core, 0.0) + period
+                continue
+            self._covered[core] = self._covered.get(core, 0.0) + period
             seconds = busy.get(core, 0.0)
             if seconds:
                 self._busy[core] = self._busy.get(core, 0.0) + seconds
             self._last_util[core] = seconds / period
+        return True
 
     def _count_executions(self, runtimes: tuple[RuntimeReport, ...], owned: list[tuple[int, ...]], cores: int) -> None:
         for rt, rt_owned in zip(runtimes, owned, strict=True):
@@ -275,11 +333,13 @@ class CoreTracker:
             known = [h.memory_bytes for h in holders if h.memory_bytes is not None]
             memory_used = sum(known) if known or not holders else None
             busy = self._busy.get(core, 0.0)
-            if self._covered > 0:
-                utilization: float | None = min(1.0, busy / self._covered)
+            covered = self._covered.get(core, 0.0)
+            unknown = self._unknown.get(core, 0.0)
+            if covered > 0:
+                utilization: float | None = min(1.0, busy / covered)
             elif core in self._last_util:
                 utilization = self._last_util[core]
-            elif core not in self._reported:
+            elif core not in self._reported and not unknown:
                 # No runtime lists or holds the core: nothing can run on it.
                 utilization = 0.0
             else:
@@ -289,7 +349,8 @@ class CoreTracker:
                     identity=identity,
                     up=True,
                     busy_seconds=busy,
-                    covered_seconds=self._covered,
+                    covered_seconds=covered,
+                    unknown_seconds=unknown,
                     utilization=utilization,
                     memory_used_bytes=memory_used,
                     memory_total_bytes=core_memory,
@@ -299,7 +360,8 @@ class CoreTracker:
                 )
             )
         self._busy = {}
-        self._covered = 0.0
+        self._covered = {}
+        self._unknown = {}
         self._counters = Counter()
         self._records = 0
         return tuple(out)

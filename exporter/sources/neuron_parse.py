@@ -48,18 +48,25 @@ class ParseError(ValueError):
 class CoreUsage(NamedTuple):
     """One NeuronCore as one runtime reported it: `core` is the global index.
 
+    `utilization_percent` is None when the value cannot be vouched for (missing, null, a string,
+    NaN, an infinity, far outside 0-100): unknown, which is not the same as idle.
+
     A NamedTuple rather than a frozen dataclass: a 32-runtime line makes a thousand of them, and
     tuples are several times cheaper to build.
     """
 
     core: int
-    utilization_percent: float
+    utilization_percent: float | None
     flops: float | None = None
 
 
 @dataclass(frozen=True)
 class CoreCounters:
-    """A runtime's `neuroncore_counters` group."""
+    """A runtime's `neuroncore_counters` group.
+
+    `period` is None when the group's period is unusable or the group carried an `error` (then
+    `cores` is empty): the busy time of the runtime's cores over this line is unknown.
+    """
 
     period: float | None
     cores: tuple[CoreUsage, ...]
@@ -162,6 +169,10 @@ class MonitorRecord:
     # Periods of every system_data group, for records without any runtime.
     system_periods: tuple[float, ...] = ()
     errors: tuple[GroupError, ...] = ()
+    # (pid, tag) of runtimes skipped whole for their `error`: what they ran is unknown this line.
+    failed_runtimes: tuple[tuple[int, str], ...] = ()
+    # Utilization and counter-period values that were present but unusable.
+    bad_values: int = 0
 
     def period(self) -> float | None:
         """The record's measured period in seconds.
@@ -199,7 +210,8 @@ def parse_line(line: bytes | str) -> MonitorRecord:
 def parse_document(document: dict[str, Any]) -> MonitorRecord:
     """Turn an already decoded neuron-monitor document into a record; never raises."""
     errors: list[GroupError] = []
-    runtimes = tuple(_runtimes(document.get("neuron_runtime_data"), errors))
+    failed: list[tuple[int, str]] = []
+    runtimes = tuple(_runtimes(document.get("neuron_runtime_data"), errors, failed))
     system = _dict(document.get("system_data"))
     hw_counters = None
     system_periods: list[float] = []
@@ -220,6 +232,8 @@ def parse_document(document: dict[str, Any]) -> MonitorRecord:
         hw_counters=hw_counters,
         system_periods=tuple(system_periods),
         errors=tuple(errors),
+        failed_runtimes=tuple(failed),
+        bad_values=sum(_bad_values(rt.counters) for rt in runtimes),
     )
 
 
@@ -271,7 +285,14 @@ def _group_error(group: dict[str, Any], where: str, errors: list[GroupError]) ->
     return False
 
 
-def _runtimes(value: Any, errors: list[GroupError]) -> list[RuntimeReport]:
+def _bad_values(counters: CoreCounters | None) -> int:
+    if counters is None:
+        return 0
+    unusable = sum(1 for usage in counters.cores if usage.utilization_percent is None)
+    return unusable + (1 if counters.period is None and counters.cores else 0)
+
+
+def _runtimes(value: Any, errors: list[GroupError], failed: list[tuple[int, str]]) -> list[RuntimeReport]:
     out: list[RuntimeReport] = []
     if not isinstance(value, list):
         return out
@@ -284,6 +305,7 @@ def _runtimes(value: Any, errors: list[GroupError]) -> list[RuntimeReport]:
         tag = tag or str(pid)
         where = f"runtime {tag} (pid {pid})"
         if _group_error(entry, where, errors):
+            failed.append((pid, tag))
             continue
         out.append(_runtime(pid, tag, _dict(entry.get("report")), where, errors))
     return out
@@ -298,6 +320,8 @@ def _runtime(pid: int, tag: str, report: dict[str, Any], where: str, errors: lis
         if not isinstance(group, dict):
             continue
         if _group_error(group, f"{where} {name}", errors):
+            if name in _COUNTER_GROUPS and counters is None:
+                counters = CoreCounters(period=None, cores=())  # its cores' busy time is unknown
             continue
         period = _period(group)
         if period is not None:
@@ -313,19 +337,27 @@ def _runtime(pid: int, tag: str, report: dict[str, Any], where: str, errors: lis
     )
 
 
+# Rounding in the monitor can put a utilization a little outside 0-100; that much is clamped,
+# anything further out is not a utilization at all.
+_PERCENT_SLACK = 1.0
+
+
 def _core_usage(value: Any) -> list[CoreUsage]:
     # The hottest loop of a 32-runtime line (runtimes x cores): plain type checks, no helper calls.
     out: list[CoreUsage] = []
     for key, item in _dict(value).items():
-        if type(item) is not dict:
-            continue
         core = int(key) if type(key) is str and key.isdigit() and len(key) <= 6 else _index(key)
         if core is None:
             continue
+        if type(item) is not dict:
+            out.append(CoreUsage(core, None))  # listed, but with nothing to vouch for
+            continue
         util: Any = item.get("neuroncore_utilization")
         kind = type(util)
-        # Clamp: rounding in the monitor can give 100.0001; negative or NaN means nothing.
-        percent = (100.0 if util > 100 else float(util)) if (kind is int or kind is float) and util > 0 else 0.0
+        percent: float | None = None
+        # NaN fails both comparisons; bools, strings and null are not numbers here.
+        if (kind is int or kind is float) and -_PERCENT_SLACK <= util <= 100.0 + _PERCENT_SLACK:
+            percent = 100.0 if util > 100 else (float(util) if util > 0 else 0.0)
         flops: Any = item.get("flops")
         kind = type(flops)
         out.append(CoreUsage(core, percent, float(flops) if (kind is int or kind is float) and flops >= 0 else None))
