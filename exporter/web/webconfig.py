@@ -36,7 +36,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config.reader import YamlProblem, yaml_document
+from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -454,22 +455,43 @@ class WebConfigWatcher:
 # --- basic auth ----------------------------------------------------------------------------------
 
 
+MAX_PENDING_CHECKS = 16
+# bcrypt uses only the first 72 bytes of a password, as htpasswd and Go's bcrypt do when they
+# compare; the Python package (since 5.0) raises instead, so longer passwords are cut here.
+BCRYPT_MAX_PASSWORD_BYTES = 72
+
+
+class AuthBusy(Exception):
+    """Too many password checks are queued; the request should be answered 503 and retried."""
+
+
 class BasicAuthChecker:
     """Checks `Authorization: Basic` headers against bcrypt hashes.
 
     A bcrypt check at cost 10 takes about 70 ms, so successful checks are remembered, keyed by
     user, hash and the SHA-256 of the password (the password itself is never stored). Unknown
-    users are checked against a dummy hash of the same cost, so they take as long as a wrong
-    password. The bcrypt work runs in a thread, off the event loop.
+    users are checked against a dummy hash at the slowest configured cost, so a name that does
+    not exist takes as long as the slowest user's wrong password.
+
+    The bcrypt work runs on one thread of its own, never on the event loop's default executor
+    or a pool a source uses: a flood of wrong passwords must not delay a device poll. At most
+    `max_pending` checks wait for that thread; past that, `check` raises AuthBusy. A client
+    whose password was already accepted is answered from the cache without waiting.
     """
 
-    def __init__(self, max_cached: int = 256) -> None:
+    def __init__(self, max_cached: int = 256, max_pending: int = MAX_PENDING_CHECKS) -> None:
         self._max_cached = max_cached
+        self._max_pending = max_pending
+        self._pending = 0
         self._good: set[tuple[str, str, bytes]] = set()
-        self._dummy: dict[bytes, bytes] = {}
+        self._dummy: dict[int, bytes] = {}  # cost -> hash; touched only on the bcrypt thread
+        self._executor: SerialDaemonExecutor | None = None
 
     async def check(self, header: str | None, users: Mapping[str, str]) -> str | None:
-        """The authenticated user name, or None when the header is missing, malformed or wrong."""
+        """The authenticated user name, or None when the header is missing, malformed or wrong.
+
+        Raises AuthBusy when `max_pending` checks are already waiting.
+        """
         credentials = parse_basic_auth(header)
         if credentials is None:
             return None
@@ -478,8 +500,17 @@ class BasicAuthChecker:
         digest = hashlib.sha256(password).digest()
         if stored is not None and (user, stored, digest) in self._good:
             return user
-        target = stored.encode() if stored is not None else self._dummy_hash(next(iter(users.values()), ""))
-        ok = await asyncio.to_thread(_bcrypt_ok, password, target)
+        if self._pending >= self._max_pending:
+            raise AuthBusy()
+        if self._executor is None:
+            self._executor = SerialDaemonExecutor("bcrypt")
+        self._pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._verify, password, stored, _slowest_cost(users.values())
+            )
+        finally:
+            self._pending -= 1
         if not ok or stored is None:
             return None
         if len(self._good) >= self._max_cached:
@@ -487,15 +518,22 @@ class BasicAuthChecker:
         self._good.add((user, stored, digest))
         return user
 
-    def _dummy_hash(self, like: str) -> bytes:
-        match = _BCRYPT_RE.match(like)
-        rounds = int(match.group(1)) if match else 10
-        key = str(rounds).encode()
-        if key not in self._dummy:
+    def _verify(self, password: bytes, stored: str | None, dummy_cost: int) -> bool:
+        """On the bcrypt thread: check `password` against `stored`, or burn the same time on a dummy."""
+        target = stored.encode() if stored is not None else self._dummy_hash(dummy_cost)
+        return _bcrypt_ok(password, target)
+
+    def _dummy_hash(self, rounds: int) -> bytes:
+        if rounds not in self._dummy:
             import bcrypt  # only hosts with basic auth need the package
 
-            self._dummy[key] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
-        return self._dummy[key]
+            self._dummy[rounds] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
+        return self._dummy[rounds]
+
+
+def _slowest_cost(hashes: Iterable[str]) -> int:
+    costs = [int(match.group(1)) for match in map(_BCRYPT_RE.match, hashes) if match]
+    return max(costs, default=10)
 
 
 def _lookup(users: Mapping[str, str], user: str) -> str | None:
@@ -511,7 +549,7 @@ def _bcrypt_ok(password: bytes, hashed: bytes) -> bool:
     import bcrypt  # only hosts with basic auth need the package
 
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], hashed)
     except ValueError:
         return False
 
@@ -543,7 +581,8 @@ def make_auth_middleware(watcher: WebConfigWatcher) -> Middleware:
     """An aiohttp middleware enforcing `basic_auth_users` on every path and adding the configured headers.
 
     Every path is protected, as in node_exporter: a probe that cannot authenticate should use
-    a TCP check. Failures get 401 with `WWW-Authenticate: Basic realm="accel-cost-exporter"`.
+    a TCP check. Failures get 401 with `WWW-Authenticate: Basic realm="accel-cost-exporter"`;
+    past MAX_PENDING_CHECKS queued password checks, 503 with `Retry-After: 1`.
     """
     checker = BasicAuthChecker()
 
@@ -551,7 +590,14 @@ def make_auth_middleware(watcher: WebConfigWatcher) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         config = watcher.current()
         if config.basic_auth_users:
-            user = await checker.check(request.headers.get("Authorization"), config.users)
+            try:
+                user = await checker.check(request.headers.get("Authorization"), config.users)
+            except AuthBusy:
+                busy = web.Response(
+                    status=503, text="Too many password checks at once; retry\n", headers={"Retry-After": "1"}
+                )
+                _add_headers(busy, config)
+                return busy
             if user is None:
                 denied = web.Response(
                     status=401,
