@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -44,6 +45,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter.config.files import NotRegularFile, file_kind, read_regular_file
 from exporter.config.reader import YamlProblem, yaml_document
 from exporter.workers import SerialDaemonExecutor
 
@@ -71,6 +73,7 @@ ALLOWED_HEADERS = (
     "X-XSS-Protection",
 )
 REALM = "accel-cost-exporter"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the web config and the files it names are read up to this size
 CHECK_INTERVAL_SECONDS = 1.0
 
 _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
@@ -140,9 +143,15 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = read_regular_file(file, MAX_FILE_BYTES)
+    except NotRegularFile as exc:
+        raise WebConfigInvalid(f"web config {file}: {exc}; point --web.config.file at a regular file") from None
     except OSError as exc:
         raise WebConfigInvalid(f"web config {file}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WebConfigInvalid(f"web config {file}: the file is over 4 MiB; a web config is a few lines")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WebConfigInvalid(f"web config {file}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
@@ -317,6 +326,9 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 
 def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
     """Load `tls` into `context` (new handshakes use it; connections already open keep theirs)."""
+    for key, file in (("cert_file", tls.cert_file), ("key_file", tls.key_file), ("client_ca_file", tls.client_ca_file)):
+        if file is not None:
+            _refuse_special_file(f"tls_server_config.{key}", file)
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
@@ -343,6 +355,16 @@ def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
     context.maximum_version = TLS_VERSIONS[tls.max_version]
 
 
+def _refuse_special_file(key: str, path: Path) -> None:
+    """OpenSSL would block reading a FIFO: refuse anything but a regular file (a missing one fails later)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise WebConfigInvalid(f"{key}: {path} is {file_kind(mode)}, not a regular file; point it at a PEM file")
+
+
 def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
@@ -357,7 +379,7 @@ _Stamp = tuple[tuple[str, int, int, int, bytes], ...]
 
 
 def _stamp(paths: tuple[Path, ...]) -> _Stamp:
-    """(path, inode, size, mtime_ns, sha256) per file; a missing file stamps as zeros.
+    """(path, inode, size, mtime_ns, sha256) per file; a missing or non-regular file stamps as zeros.
 
     The digest catches rewrites that keep size and mtime (file times tick in jiffies, so two
     writes a few milliseconds apart can share one); the files are small and read at most once
@@ -367,7 +389,7 @@ def _stamp(paths: tuple[Path, ...]) -> _Stamp:
     for path in paths:
         try:
             st = os.stat(path)
-            digest = hashlib.sha256(path.read_bytes()).digest()
+            digest = hashlib.sha256(read_regular_file(path, MAX_FILE_BYTES)).digest()
             result.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError:
             result.append((str(path), 0, 0, 0, b""))
