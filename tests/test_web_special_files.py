@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import trustme
-from conftest import ROOT, ExporterProcess, exporter_env, http_get, start_exporter
+from conftest import ExporterProcess, http_get, start_exporter
+from test_core_config import run_cli
 
 from exporter.config import ConfigInvalid, load_config
 from exporter.web.webconfig import WebConfigInvalid, WebConfigWatcher, load_web_config
 
 TIMEOUT = 20.0  # a generous bound: before the fix these hung until killed
-
-
-def check_config(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", "--check-config", *args],
-        cwd=ROOT,
-        env=exporter_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
 
 
 def fifo(path: Path) -> Path:
@@ -46,7 +33,7 @@ def wait_until(condition: object, what: str, exporter: ExporterProcess) -> None:
 def test_check_config_refuses_a_fifo_as_config_or_web_config(tmp_path: Path) -> None:
     pipe = fifo(tmp_path / "config.yml")
     for flag in ("--config.file", "--web.config.file"):
-        result = check_config(flag, str(pipe))
+        result = run_cli("--check-config", flag, str(pipe), timeout=TIMEOUT)
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr
         assert f"a FIFO (named pipe), not a regular file; point {flag} at a regular file" in result.stderr
