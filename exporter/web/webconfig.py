@@ -37,8 +37,10 @@ import ssl
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config.files import NotRegularFile, file_kind, read_regular_file
 from exporter.config.reader import YamlProblem, yaml_document
+from exporter.web.certdates import certificate_validity
 from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -167,11 +170,33 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     if not errors and config.tls is not None:
         try:
             build_ssl_context(config.tls)
+            _check_versions_negotiable(config.tls)
         except WebConfigInvalid as exc:
             errors.append(str(exc))
     if errors:
         raise WebConfigInvalid(f"web config {file}: " + "; ".join(errors))
+    if config.tls is not None:
+        _warn_if_not_valid_now(config.tls.cert_file)
     return config
+
+
+def _warn_if_not_valid_now(cert_file: Path) -> None:
+    """Log a warning when the server certificate has expired or is not valid yet (clients that verify refuse it)."""
+    try:
+        validity = certificate_validity(cert_file.read_text(encoding="ascii", errors="replace"))
+    except OSError:
+        return  # it loaded a moment ago; a race with a rewrite is not worth a second message
+    if validity is None:
+        return
+    not_before, not_after = validity
+    now = datetime.now(timezone.utc)
+    dates = f"valid from {not_before:%Y-%m-%d %H:%M:%S}Z to {not_after:%Y-%m-%d %H:%M:%S}Z"
+    if now > not_after:
+        log.warning("tls_server_config.cert_file %s: the certificate has expired (%s); renew it", cert_file, dates)
+    elif now < not_before:
+        log.warning(
+            "tls_server_config.cert_file %s: the certificate is not valid yet (%s); check the clock", cert_file, dates
+        )
 
 
 def _parse(data: object, base: Path, errors: list[str]) -> WebConfig:
@@ -353,6 +378,42 @@ def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
     }[auth]
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
+
+
+def _check_versions_negotiable(tls: TLSConfig) -> None:
+    """Shake hands in memory with this certificate and version range; refuse a range OpenSSL will not speak.
+
+    OpenSSL accepts TLS10/TLS11 as bounds but, at its default security level, then completes
+    no handshake at all: such a server would refuse every scrape.
+    """
+    server = build_ssl_context(replace(tls, client_auth_type="NoClientCert", client_ca_file=None))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():  # TLS10/TLS11 are deprecated: _apply_tls has warned already
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = TLS_VERSIONS[tls.min_version]
+        client.maximum_version = TLS_VERSIONS[tls.max_version]
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = (client.wrap_bio(to_client, to_server), server.wrap_bio(to_server, to_client, server_side=True))
+    done = [False, False]
+    try:
+        for _ in range(10):  # TLS 1.2 needs two round trips, 1.3 one
+            for n, end in enumerate(ends):
+                if not done[n]:
+                    try:
+                        end.do_handshake()
+                        done[n] = True
+                    except ssl.SSLWantReadError:
+                        pass
+            if all(done):
+                return
+    except ssl.SSLError as exc:
+        raise WebConfigInvalid(
+            f"tls_server_config.min_version/max_version: {tls.min_version} to {tls.max_version} allows no "
+            f"handshake with {ssl.OPENSSL_VERSION} ({_ssl_reason(exc)}); use TLS12 or TLS13"
+        ) from None
+    raise WebConfigInvalid(f"tls_server_config: a test handshake with {tls.cert_file} did not complete")
 
 
 def _refuse_special_file(key: str, path: Path) -> None:
