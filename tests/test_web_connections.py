@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import resource
 import socket
 import time
@@ -203,3 +204,17 @@ def test_header_timeout_closes_silent_and_half_sent_requests_but_not_idle_kept_a
     clock.now += 5
     assert guard.expire() == 1 and again.aborted
     assert not kept.aborted  # idle kept-alive: aiohttp's keep-alive timer (150 s) closes those
+
+
+def test_closed_connections_are_reported_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    guard, clock = _guard(max_connections=1)
+    _open(guard, "a")
+    _open(guard, "b")  # closes a
+    clock.now += 30
+    assert guard.report_if_due() is False  # not a minute yet
+    clock.now += 31
+    with caplog.at_level(logging.WARNING, logger="exporter.web.connections"):
+        assert guard.report_if_due() is True
+    assert "closed 1 idle connection(s) to stay under the cap of 1, and 0 that sent no complete request" in caplog.text
+    clock.now += 61
+    assert guard.report_if_due() is False  # nothing new to say

@@ -43,6 +43,7 @@ KERNEL_BACKLOG = 512  # the kernel's queue of connections waiting to be accepted
 RESERVED_FDS = 4 * LISTEN_BACKLOG + 64
 MIN_CONNECTIONS = 16
 SWEEP_SECONDS = 1.0
+REPORT_SECONDS = 60.0  # at most one log line a minute about closed connections
 
 
 def connection_cap(soft_fd_limit: int | None = None) -> int:
@@ -102,6 +103,8 @@ class ConnectionGuard:
         self._sweeper: asyncio.TimerHandle | None = None
         self.evicted = 0
         self.timed_out = 0
+        self._reported = (0, 0)
+        self._reported_at = clock()
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> None:
         """Guard the connections of `factory` (aiohttp's `Server`, once the runner is set up)."""
@@ -186,6 +189,25 @@ class ConnectionGuard:
     def _sweep(self) -> None:
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
         self.expire()
+        self.report_if_due()
+
+    def report_if_due(self) -> bool:
+        """Log, at most once per REPORT_SECONDS, how many connections were closed since the last report."""
+        now = self._clock()
+        evicted, timed_out = self.evicted - self._reported[0], self.timed_out - self._reported[1]
+        if now - self._reported_at < REPORT_SECONDS or not (evicted or timed_out):
+            return False
+        log.warning(
+            "closed %d idle connection(s) to stay under the cap of %d, and %d that sent no complete request "
+            "within %.0f s, in the last %.0f s (a client flood, or too many scrapers for the fd limit)",
+            evicted,
+            self.max_connections,
+            timed_out,
+            self._header_timeout,
+            now - self._reported_at,
+        )
+        self._reported, self._reported_at = (self.evicted, self.timed_out), now
+        return True
 
     def expire(self) -> int:
         """Close the connections that have taken longer than the header timeout to send a request; return how many."""
