@@ -72,6 +72,7 @@ class Daemon:
         self._pending: dict[str, asyncio.Task[SourceReport]] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
+        self._guard: Any = None
         self._web_watcher: Any = None
         self._context_error_seen: dict[tuple[str, str], int] = {}
         self._pods: Any = None
@@ -233,7 +234,10 @@ class Daemon:
                 self.ledger.record_config_reload(False, self.clock.time())
 
     async def _serve(self) -> None:
-        middlewares: list[Any] = []
+        from exporter.web.connections import IDLE_TIMEOUT_SECONDS, GuardedSite, guard_middleware, new_guard
+
+        guard = self._guard = new_guard()
+        middlewares: list[Any] = [guard_middleware(guard)]
         ssl_context = None
         if self.options.web_config_file:
             from exporter.web.webconfig import WebConfigWatcher, make_auth_middleware
@@ -244,12 +248,18 @@ class Daemon:
         app = build_app(self.cache, lambda: self._ready, self.options.telemetry_path, middlewares)
         # Probes and scrapes must stay responsive while idle or slow clients hold connections.
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            keepalive_timeout=IDLE_TIMEOUT_SECONDS,
         )
         await self._runner.setup()
+        assert self._runner.server is not None
+        guard.wrap(self._runner.server)
         for address in self.options.listen_addresses:
             host, port = parse_listen_address(address)
-            site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512, reuse_address=True)
+            site = GuardedSite(self._runner, guard, host, port, ssl_context=ssl_context, reuse_address=True)
             await site.start()
         log.info(
             "listening on %s%s (%s)",
@@ -431,6 +441,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         await self._save_idle_clock()
         await self._shutdown_sources()
+        if self._guard is not None:
+            self._guard.stop()
         if self._runner is not None:
             server = self._runner.server
             transports = [c.transport for c in server.connections if c.transport is not None] if server else []

@@ -236,12 +236,15 @@ def start_exporter(
     port: int | None = None,
     env: dict[str, str] | None = None,
     wait: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> ExporterProcess:
     """Start the exporter listening on 127.0.0.1:`port` and (by default) wait for /-/ready."""
     port = port or pick_free_port()
     argv = (sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args)
     log_file = log_path.open("wb")
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=exporter_env(env))
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=exporter_env(env), preexec_fn=preexec_fn
+    )
     log_file.close()
     exporter = ExporterProcess(proc, port, log_path, tuple(args))
     if wait:

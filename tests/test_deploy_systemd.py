@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.web.connections import MAX_CONNECTIONS, connection_cap
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "accel-cost-exporter.service"
 DEFAULTS = ROOT / "systemd" / "accel-cost-exporter.default"
@@ -100,6 +102,8 @@ def test_unit_settings() -> None:
     assert values["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert one["UMask"] == "0077"
     assert one["Restart"] == "on-failure"
+    # The default soft limit (1024) would cap HTTP connections at 704; the unit allows the full cap.
+    assert connection_cap(int(one["LimitNOFILE"])) == MAX_CONNECTIONS
 
 
 def test_default_file_sets_args_for_a_shell(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ import asyncio
 import base64
 import socket
 import ssl
-import statistics
 import threading
-import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -194,24 +192,6 @@ async def test_successful_checks_are_cached_and_failures_are_not(
     assert len(calls) == 3  # a wrong password is never cached
     assert (await get(f"{server.http}/metrics", auth=("ghost", "nope")))[0] == 401
     assert len(calls) == 4  # an unknown user still costs a bcrypt check
-
-
-@pytest.mark.asyncio
-async def test_unknown_user_takes_as_long_as_a_wrong_password(tmp_path: Path) -> None:
-    checker = webconfig.BasicAuthChecker()
-    users = {"prometheus": HASH}
-
-    async def timed(user: str) -> float:
-        header = basic(user, "wrong")
-        start = time.perf_counter()
-        assert await checker.check(header, users) is None
-        return time.perf_counter() - start
-
-    await timed("ghost")  # builds the dummy hash once
-    wrong = statistics.median([await timed("prometheus") for _ in range(5)])
-    unknown = statistics.median([await timed("ghost") for _ in range(5)])
-    print(f"wrong password {wrong * 1000:.1f} ms, unknown user {unknown * 1000:.1f} ms")
-    assert 0.4 < unknown / wrong < 2.5
 
 
 @pytest.mark.asyncio

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from exporter.config.files import NotRegularFile, read_regular_file
 from exporter.config.model import (
     LIFECYCLES,
     RULE_KEYS,
@@ -28,13 +28,15 @@ def load_config(path: str | None) -> Config:
     if path is None:
         return Config()
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigInvalid([f"file not found; check --config.file (given {path!r})"], path) from None
+    except NotRegularFile as exc:
+        raise ConfigInvalid([f"{exc}; point --config.file at a regular file"], path) from None
     except OSError as exc:
         raise ConfigInvalid([f"cannot read the file: {exc.strerror}"], path) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigInvalid([f"the file is {len(raw)} bytes; a configuration must be under 4 MiB"], path)
+        raise ConfigInvalid(["the file is over 4 MiB; a configuration must be under 4 MiB"], path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

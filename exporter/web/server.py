@@ -6,29 +6,59 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from exporter import __version__
 from exporter.exposition.render import RenderCache, Rendered
 
-SERVER_HEADER = f"accel-cost-exporter/{__version__}"
+SERVER_HEADER = "accel-cost-exporter"  # no versions: they help only someone looking for a known bug
 Middleware = Callable[..., Any]
 
 
+OPENMETRICS = "application/openmetrics-text"
+
+
+def _weights(header: str) -> dict[str, float]:
+    """Each listed token (a media range or a content coding, lower case) and its weight (RFC 9110 §12.4.2).
+
+    A token listed twice keeps its highest weight (Prometheus lists OpenMetrics once per
+    version); a weight that is not a number from 0 to 1 makes its element count as not
+    acceptable rather than guessed at.
+    """
+    weights: dict[str, float] = {}
+    for element in header.split(","):
+        token, *params = (part.strip() for part in element.split(";"))
+        if not token:
+            continue
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0
+                if not 0.0 <= weight <= 1.0:
+                    weight = 0.0
+        token = token.lower()
+        weights[token] = max(weight, weights.get(token, 0.0))
+    return weights
+
+
 def _wants_openmetrics(accept: str) -> bool:
-    return "application/openmetrics-text" in accept
+    """OpenMetrics when the client names it with a weight above 0 and at least text/plain's."""
+    weights = _weights(accept)
+    openmetrics = weights.get(OPENMETRICS, 0.0)
+    text = weights.get("text/plain", weights.get("text/*", weights.get("*/*", 0.0)))
+    return openmetrics > 0.0 and openmetrics >= text
 
 
 def _wants_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        token, _, params = part.strip().partition(";")
-        if token.strip().lower() in ("gzip", "*") and params.replace(" ", "") not in (
-            "q=0",
-            "q=0.0",
-            "q=0.00",
-            "q=0.000",
-        ):
-            return True
+    """gzip when the client accepts it: named (or as x-gzip), else through `*`; q=0 means not acceptable."""
+    weights = _weights(accept_encoding)
+    for name in ("gzip", "x-gzip", "*"):
+        if name in weights:
+            return weights[name] > 0.0
     return False
 
 
@@ -69,14 +99,16 @@ def build_app(
             return web.Response(text="OK\n")
         return web.Response(status=503, text="not ready: the first poll has not finished\n")
 
-    @web.middleware
-    async def server_header(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
-        response = await handler(request)  # type: ignore[misc]
-        assert isinstance(response, web.StreamResponse)
+    async def server_header(_request: web.Request, response: web.StreamResponse) -> None:
+        # Every response the application prepares, errors included (aiohttp's 404 and 405 are
+        # raised past middlewares and would otherwise carry its default "Python/3.x aiohttp/3.x").
         response.headers["Server"] = SERVER_HEADER
-        return response
 
-    app = web.Application(middlewares=[server_header, *middlewares], client_max_size=64 * 1024)
+    app = web.Application(middlewares=list(middlewares), client_max_size=64 * 1024)
+    app.on_response_prepare.append(server_header)
+    # aiohttp answers requests it cannot parse (400) before any application code runs, with
+    # this module default as the Server header; without it those would name Python and aiohttp.
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # a module global, not exported
     app.router.add_get(telemetry_path, metrics)
     if telemetry_path != "/":
         app.router.add_get("/", landing)

@@ -34,17 +34,23 @@ import os
 import re
 import secrets
 import ssl
+import stat
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter.config.files import NotRegularFile, file_kind, read_regular_file
 from exporter.config.reader import YamlProblem, yaml_document
+from exporter.web.certdates import certificate_validity
+from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,7 @@ ALLOWED_HEADERS = (
     "X-XSS-Protection",
 )
 REALM = "accel-cost-exporter"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the web config and the files it names are read up to this size
 CHECK_INTERVAL_SECONDS = 1.0
 
 _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
@@ -139,9 +146,15 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = read_regular_file(file, MAX_FILE_BYTES)
+    except NotRegularFile as exc:
+        raise WebConfigInvalid(f"web config {file}: {exc}; point --web.config.file at a regular file") from None
     except OSError as exc:
         raise WebConfigInvalid(f"web config {file}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WebConfigInvalid(f"web config {file}: the file is over 4 MiB; a web config is a few lines")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WebConfigInvalid(f"web config {file}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
@@ -157,11 +170,33 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     if not errors and config.tls is not None:
         try:
             build_ssl_context(config.tls)
+            _check_versions_negotiable(config.tls)
         except WebConfigInvalid as exc:
             errors.append(str(exc))
     if errors:
         raise WebConfigInvalid(f"web config {file}: " + "; ".join(errors))
+    if config.tls is not None:
+        _warn_if_not_valid_now(config.tls.cert_file)
     return config
+
+
+def _warn_if_not_valid_now(cert_file: Path) -> None:
+    """Log a warning when the server certificate has expired or is not valid yet (clients that verify refuse it)."""
+    try:
+        validity = certificate_validity(cert_file.read_text(encoding="ascii", errors="replace"))
+    except OSError:
+        return  # it loaded a moment ago; a race with a rewrite is not worth a second message
+    if validity is None:
+        return
+    not_before, not_after = validity
+    now = datetime.now(timezone.utc)
+    dates = f"valid from {not_before:%Y-%m-%d %H:%M:%S}Z to {not_after:%Y-%m-%d %H:%M:%S}Z"
+    if now > not_after:
+        log.warning("tls_server_config.cert_file %s: the certificate has expired (%s); renew it", cert_file, dates)
+    elif now < not_before:
+        log.warning(
+            "tls_server_config.cert_file %s: the certificate is not valid yet (%s); check the clock", cert_file, dates
+        )
 
 
 def _parse(data: object, base: Path, errors: list[str]) -> WebConfig:
@@ -316,6 +351,9 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 
 def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
     """Load `tls` into `context` (new handshakes use it; connections already open keep theirs)."""
+    for key, file in (("cert_file", tls.cert_file), ("key_file", tls.key_file), ("client_ca_file", tls.client_ca_file)):
+        if file is not None:
+            _refuse_special_file(f"tls_server_config.{key}", file)
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
@@ -342,6 +380,52 @@ def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
     context.maximum_version = TLS_VERSIONS[tls.max_version]
 
 
+def _check_versions_negotiable(tls: TLSConfig) -> None:
+    """Shake hands in memory with this certificate and version range; refuse a range OpenSSL will not speak.
+
+    OpenSSL accepts TLS10/TLS11 as bounds but, at its default security level, then completes
+    no handshake at all: such a server would refuse every scrape.
+    """
+    server = build_ssl_context(replace(tls, client_auth_type="NoClientCert", client_ca_file=None))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():  # TLS10/TLS11 are deprecated: _apply_tls has warned already
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = TLS_VERSIONS[tls.min_version]
+        client.maximum_version = TLS_VERSIONS[tls.max_version]
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = (client.wrap_bio(to_client, to_server), server.wrap_bio(to_server, to_client, server_side=True))
+    done = [False, False]
+    try:
+        for _ in range(10):  # TLS 1.2 needs two round trips, 1.3 one
+            for n, end in enumerate(ends):
+                if not done[n]:
+                    try:
+                        end.do_handshake()
+                        done[n] = True
+                    except ssl.SSLWantReadError:
+                        pass
+            if all(done):
+                return
+    except ssl.SSLError as exc:
+        raise WebConfigInvalid(
+            f"tls_server_config.min_version/max_version: {tls.min_version} to {tls.max_version} allows no "
+            f"handshake with {ssl.OPENSSL_VERSION} ({_ssl_reason(exc)}); use TLS12 or TLS13"
+        ) from None
+    raise WebConfigInvalid(f"tls_server_config: a test handshake with {tls.cert_file} did not complete")
+
+
+def _refuse_special_file(key: str, path: Path) -> None:
+    """OpenSSL would block reading a FIFO: refuse anything but a regular file (a missing one fails later)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise WebConfigInvalid(f"{key}: {path} is {file_kind(mode)}, not a regular file; point it at a PEM file")
+
+
 def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
@@ -356,7 +440,7 @@ _Stamp = tuple[tuple[str, int, int, int, bytes], ...]
 
 
 def _stamp(paths: tuple[Path, ...]) -> _Stamp:
-    """(path, inode, size, mtime_ns, sha256) per file; a missing file stamps as zeros.
+    """(path, inode, size, mtime_ns, sha256) per file; a missing or non-regular file stamps as zeros.
 
     The digest catches rewrites that keep size and mtime (file times tick in jiffies, so two
     writes a few milliseconds apart can share one); the files are small and read at most once
@@ -366,7 +450,7 @@ def _stamp(paths: tuple[Path, ...]) -> _Stamp:
     for path in paths:
         try:
             st = os.stat(path)
-            digest = hashlib.sha256(path.read_bytes()).digest()
+            digest = hashlib.sha256(read_regular_file(path, MAX_FILE_BYTES)).digest()
             result.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, digest))
         except OSError:
             result.append((str(path), 0, 0, 0, b""))
@@ -454,22 +538,43 @@ class WebConfigWatcher:
 # --- basic auth ----------------------------------------------------------------------------------
 
 
+MAX_PENDING_CHECKS = 16
+# bcrypt uses only the first 72 bytes of a password, as htpasswd and Go's bcrypt do when they
+# compare; the Python package (since 5.0) raises instead, so longer passwords are cut here.
+BCRYPT_MAX_PASSWORD_BYTES = 72
+
+
+class AuthBusy(Exception):
+    """Too many password checks are queued; the request should be answered 503 and retried."""
+
+
 class BasicAuthChecker:
     """Checks `Authorization: Basic` headers against bcrypt hashes.
 
     A bcrypt check at cost 10 takes about 70 ms, so successful checks are remembered, keyed by
     user, hash and the SHA-256 of the password (the password itself is never stored). Unknown
-    users are checked against a dummy hash of the same cost, so they take as long as a wrong
-    password. The bcrypt work runs in a thread, off the event loop.
+    users are checked against a dummy hash at the slowest configured cost, so a name that does
+    not exist takes as long as the slowest user's wrong password.
+
+    The bcrypt work runs on one thread of its own, never on the event loop's default executor
+    or a pool a source uses: a flood of wrong passwords must not delay a device poll. At most
+    `max_pending` checks wait for that thread; past that, `check` raises AuthBusy. A client
+    whose password was already accepted is answered from the cache without waiting.
     """
 
-    def __init__(self, max_cached: int = 256) -> None:
+    def __init__(self, max_cached: int = 256, max_pending: int = MAX_PENDING_CHECKS) -> None:
         self._max_cached = max_cached
+        self._max_pending = max_pending
+        self._pending = 0
         self._good: set[tuple[str, str, bytes]] = set()
-        self._dummy: dict[bytes, bytes] = {}
+        self._dummy: dict[int, bytes] = {}  # cost -> hash; touched only on the bcrypt thread
+        self._executor: SerialDaemonExecutor | None = None
 
     async def check(self, header: str | None, users: Mapping[str, str]) -> str | None:
-        """The authenticated user name, or None when the header is missing, malformed or wrong."""
+        """The authenticated user name, or None when the header is missing, malformed or wrong.
+
+        Raises AuthBusy when `max_pending` checks are already waiting.
+        """
         credentials = parse_basic_auth(header)
         if credentials is None:
             return None
@@ -478,8 +583,17 @@ class BasicAuthChecker:
         digest = hashlib.sha256(password).digest()
         if stored is not None and (user, stored, digest) in self._good:
             return user
-        target = stored.encode() if stored is not None else self._dummy_hash(next(iter(users.values()), ""))
-        ok = await asyncio.to_thread(_bcrypt_ok, password, target)
+        if self._pending >= self._max_pending:
+            raise AuthBusy()
+        if self._executor is None:
+            self._executor = SerialDaemonExecutor("bcrypt")
+        self._pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._verify, password, stored, _slowest_cost(users.values())
+            )
+        finally:
+            self._pending -= 1
         if not ok or stored is None:
             return None
         if len(self._good) >= self._max_cached:
@@ -487,15 +601,22 @@ class BasicAuthChecker:
         self._good.add((user, stored, digest))
         return user
 
-    def _dummy_hash(self, like: str) -> bytes:
-        match = _BCRYPT_RE.match(like)
-        rounds = int(match.group(1)) if match else 10
-        key = str(rounds).encode()
-        if key not in self._dummy:
+    def _verify(self, password: bytes, stored: str | None, dummy_cost: int) -> bool:
+        """On the bcrypt thread: check `password` against `stored`, or burn the same time on a dummy."""
+        target = stored.encode() if stored is not None else self._dummy_hash(dummy_cost)
+        return _bcrypt_ok(password, target)
+
+    def _dummy_hash(self, rounds: int) -> bytes:
+        if rounds not in self._dummy:
             import bcrypt  # only hosts with basic auth need the package
 
-            self._dummy[key] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
-        return self._dummy[key]
+            self._dummy[rounds] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
+        return self._dummy[rounds]
+
+
+def _slowest_cost(hashes: Iterable[str]) -> int:
+    costs = [int(match.group(1)) for match in map(_BCRYPT_RE.match, hashes) if match]
+    return max(costs, default=10)
 
 
 def _lookup(users: Mapping[str, str], user: str) -> str | None:
@@ -511,7 +632,7 @@ def _bcrypt_ok(password: bytes, hashed: bytes) -> bool:
     import bcrypt  # only hosts with basic auth need the package
 
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], hashed)
     except ValueError:
         return False
 
@@ -543,7 +664,8 @@ def make_auth_middleware(watcher: WebConfigWatcher) -> Middleware:
     """An aiohttp middleware enforcing `basic_auth_users` on every path and adding the configured headers.
 
     Every path is protected, as in node_exporter: a probe that cannot authenticate should use
-    a TCP check. Failures get 401 with `WWW-Authenticate: Basic realm="accel-cost-exporter"`.
+    a TCP check. Failures get 401 with `WWW-Authenticate: Basic realm="accel-cost-exporter"`;
+    past MAX_PENDING_CHECKS queued password checks, 503 with `Retry-After: 1`.
     """
     checker = BasicAuthChecker()
 
@@ -551,7 +673,14 @@ def make_auth_middleware(watcher: WebConfigWatcher) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         config = watcher.current()
         if config.basic_auth_users:
-            user = await checker.check(request.headers.get("Authorization"), config.users)
+            try:
+                user = await checker.check(request.headers.get("Authorization"), config.users)
+            except AuthBusy:
+                busy = web.Response(
+                    status=503, text="Too many password checks at once; retry\n", headers={"Retry-After": "1"}
+                )
+                _add_headers(busy, config)
+                return busy
             if user is None:
                 denied = web.Response(
                     status=401,
