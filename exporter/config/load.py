@@ -7,6 +7,7 @@ from typing import Any
 
 from exporter.config.model import (
     LIFECYCLES,
+    MAX_ATTRIBUTION_RULES,
     RULE_KEYS,
     AccountingSettings,
     AttributionRule,
@@ -115,7 +116,15 @@ def _pricing(r: Reader) -> PricingSettings:
 def _attribution(r: Reader) -> AttributionSettings:
     d = AttributionSettings()
     rules: list[AttributionRule] = []
-    for item in r.items("rules"):
+    items = r.items("rules")
+    if len(items) > MAX_ATTRIBUTION_RULES:
+        r.problem(
+            "rules",
+            f"{len(items)} rules; at most {MAX_ATTRIBUTION_RULES} are allowed: merge rules that give the same "
+            "team with globs (e.g. {user: 'ml-*'}) or attribute by namespace or unit",
+        )
+        items = []
+    for item in items:
         match = item.string_map("match")
         for key in match:
             if key not in RULE_KEYS and not key.startswith("tag:"):

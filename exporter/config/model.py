@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Attribution rules one configuration may hold: matching stays cheap past this (literal rules are
+# dict lookups), but parsing a file this large already takes seconds on a worker thread.
+MAX_ATTRIBUTION_RULES = 50_000
 LIFECYCLES = ("on-demand", "spot", "reserved", "savings-plan", "capacity-block")
 RULE_KEYS = (
     "user",
