@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from exporter import __version__
 from exporter.accounting.labelcap import LabelCap
+from exporter.accounting.pair_cap import Pair, PairCap, fold_into_other
 from exporter.accounting.snapshot import CollectorSnapshot, DeviceSnapshot, ProcessSnapshot, Snapshot
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, classify
 from exporter.config.model import AccountingSettings
@@ -48,6 +49,7 @@ class _DeviceBook:
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
     waste: dict[tuple[str, str], float] = field(default_factory=dict)
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
+    pairs: PairCap = field(default_factory=PairCap)
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -161,10 +163,10 @@ class Ledger:
         if price is None or dt <= 0:
             return
         dollars = price / SECONDS_PER_HOUR * dt
-        owner_key = (book.owner.team, book.owner.workload)
+        owner_key = self._charged_pair(book, now)
         book.cost[owner_key] = book.cost.get(owner_key, 0.0) + dollars
         if state in IDLE_STATES:
-            idle_key = (book.owner.team, book.owner.workload, state)
+            idle_key = (*owner_key, state)
             book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars
         if reading.utilization is not None or state != ACTIVE:
             # Unknown activity (MIG) on a device nobody holds, or a lost device, does no work.
@@ -172,6 +174,19 @@ class Ledger:
             target = settings.target_utilization
             waste = dollars * max(0.0, target - utilization) / target
             book.waste[owner_key] = book.waste.get(owner_key, 0.0) + waste
+
+    def _charged_pair(self, book: _DeviceBook, now: float) -> Pair:
+        """The (team, workload) this interval is charged to, within the device's pair cap (see pair_cap)."""
+        pair = (book.owner.team, book.owner.workload)
+        charged = book.pairs.admit(pair, now, self._settings.max_pairs_per_device)
+        if charged != pair:
+            self._cap.count_overflow("pair")
+        expired = book.pairs.expire(now, self._settings.pair_expiry_seconds)
+        if expired:
+            fold_into_other(expired, book.cost)
+            fold_into_other(expired, book.idle_cost)
+            fold_into_other(expired, book.waste)
+        return charged
 
     @staticmethod
     def _energy(book: _DeviceBook, raw: float | None) -> None:

@@ -75,6 +75,8 @@ def _accounting(r: Reader) -> AccountingSettings:
             "max_processes_per_device", d.max_processes_per_device, minimum=0, maximum=10000
         ),
         export_processes=r.boolean("export_processes", d.export_processes),
+        max_pairs_per_device=r.integer("max_pairs_per_device", d.max_pairs_per_device, minimum=1, maximum=10000),
+        pair_expiry_seconds=r.duration("pair_expiry", d.pair_expiry_seconds, minimum=60),
     )
     r.finish()
     return out

@@ -32,6 +32,10 @@ class AccountingSettings:
     target_utilization: float = 0.8
     max_processes_per_device: int = 32
     export_processes: bool = True
+    # Money counters are kept for at most this many (team, workload) pairs per device; the rest
+    # are charged to (other, other). A pair not charged for pair_expiry_seconds folds into it.
+    max_pairs_per_device: int = 20
+    pair_expiry_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
