@@ -362,7 +362,7 @@ class Daemon:
         """SIGHUP: re-read the configuration; a bad file is refused and the old one stays."""
         try:
             # Off the loop: a file of 40,000 rules takes seconds to parse and compile.
-            config = await asyncio.to_thread(prepare_config, self.options.config_file)
+            config = await prepare_config(self.options.config_file)
         except ConfigInvalid as exc:
             log.error("configuration reload refused, keeping the previous one: %s", exc)
             self.ledger.count_error("config", "reload_invalid")

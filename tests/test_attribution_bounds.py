@@ -6,6 +6,7 @@ the exporter polls (or reloads), so a rule match that blocks the event loop show
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import random
 import signal
@@ -18,13 +19,14 @@ from typing import Any
 import pytest
 
 from exporter.clock import ManualClock
-from exporter.config.load import parse_config
+from exporter.config.load import load_config, parse_config
 from exporter.config.model import MAX_ATTRIBUTION_RULES, AttributionRule
 from exporter.config.reader import ConfigInvalid
 from exporter.context.attribution import MATCH_PREFIX_CHARS, RuleAttributor, attribute_ahead
 from exporter.context.model import HostIdentity, Owner, PodFacts
 from exporter.context.rule_index import RuleIndex
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
+from exporter.reload import prepare_config
 from exporter.sim.scenario import padded_command
 
 EIGHT_GPUS_LONG_COMMANDS = "\n".join(
@@ -259,3 +261,29 @@ def test_the_index_picks_the_same_rule_as_a_plain_first_match() -> None:
             for command in values["command"]:
                 facts = {"user": user, "command": command}
                 assert next(index.matching(facts), None) == naive_first(rules, facts), (rules, facts)
+
+
+def test_a_reload_parses_in_a_child_with_the_same_result_and_errors(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(many_rules(1_234) + "accounting:\n  max_pairs_per_device: 7\n")
+    prepared = asyncio.run(prepare_config(str(config)))
+    assert prepared == load_config(str(config))
+    assert len(prepared.attribution.rules) == 1_234  # three chunks, put back in order
+
+    config.write_text("accounting:\n  idle_threshold: 7\nattribution:\n  rules: [{match: {}, team: x}]\n")
+    with pytest.raises(ConfigInvalid) as caught:
+        asyncio.run(prepare_config(str(config)))
+    with pytest.raises(ConfigInvalid) as expected:
+        load_config(str(config))
+    assert caught.value.errors == expected.value.errors and len(caught.value.errors) == 2
+    assert caught.value.source == str(config)
+
+
+def test_without_a_parser_process_the_reload_parses_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(many_rules(10))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-python"))
+    assert asyncio.run(prepare_config(str(config))) == load_config(str(config))
+    assert "parsing in a thread" in caplog.text
