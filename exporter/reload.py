@@ -18,6 +18,7 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import pickle
 import sys
 import threading
@@ -31,6 +32,7 @@ from exporter.context.attribution import compile_rules
 log = logging.getLogger(__name__)
 
 CHUNK_RULES = 500
+NICE_INCREMENT = 5
 _gc_lock = threading.Lock()
 
 
@@ -123,6 +125,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m exporter.reload FILE", file=sys.stderr)
         return 2
+    with contextlib.suppress(OSError):
+        os.nice(NICE_INCREMENT)  # background work: the exporter's own loop comes first on a busy host
     write_parsed(argv[0], sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return 0
