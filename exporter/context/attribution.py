@@ -71,17 +71,18 @@ class CompiledRules:
         self.host_rules = RuleIndex([rule for rule in settings.rules if _is_tag_rule(rule)])
         self._memo: dict[tuple[tuple[str, str], ...], Answer] = {}
 
-    def _label(self, value: str) -> str:
+    def label(self, value: str) -> str:
+        """`value` sanitised and bounded as a team, workload or owner label."""
         return sanitize_label(value, self.settings.max_label_length)
 
     def first_match(self, index: RuleIndex, facts: Mapping[str, str]) -> Answer:
         """(team, workload) of the first rule whose facts all match and whose team renders non-empty."""
         for rule in index.matching(facts):
-            team = self._label(_render(rule.team, facts))
+            team = self.label(_render(rule.team, facts))
             # An empty team is a template over a missing fact, e.g. "{tag:Team}" on an untagged
             # host: the rules after it still get their turn.
             if team:
-                return team, self._label(_render(rule.workload, facts))
+                return team, self.label(_render(rule.workload, facts))
         return None
 
     def process_answer(self, facts: Mapping[str, str]) -> Answer:
@@ -132,23 +133,24 @@ class RuleAttributor:
         settings: AttributionSettings,
         tags: tuple[tuple[str, str], ...] = (),
         pod_lookup: PodLookup | None = None,
+        rules: CompiledRules | None = None,
     ) -> None:
         self._settings = settings
         self._tag_facts = {TAG_PREFIX + key: value for key, value in tags}
         self._pod_lookup = pod_lookup
-        self._rules = compile_rules(settings)
+        self._rules = rules if rules is not None else compile_rules(settings)
 
     def with_tags(self, tags: tuple[tuple[str, str], ...]) -> RuleAttributor:
         """The same rules and pod lookup over another instance's tags."""
-        return RuleAttributor(self._settings, tags, self._pod_lookup)
+        return RuleAttributor(self._settings, tags, self._pod_lookup, self._rules)
 
     def with_pod_lookup(self, pod_lookup: PodLookup | None) -> RuleAttributor:
         """The same rules and tags with a pod lookup wired in."""
         tags = tuple((key[len(TAG_PREFIX) :], value) for key, value in self._tag_facts.items())
-        return RuleAttributor(self._settings, tags, pod_lookup)
+        return RuleAttributor(self._settings, tags, pod_lookup, self._rules)
 
     def _label(self, value: str) -> str:
-        return sanitize_label(value, self._settings.max_label_length)
+        return self._rules.label(value)
 
     def process_facts(self, process: ProcessReading) -> dict[str, str]:
         """Every fact a rule can match for this process (before sanitising)."""
