@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_RULES = 500
 NICE_INCREMENT = 5
+PARSE_TIMEOUT_SECONDS = 300.0  # 40,000 rules took 5-20 s on a busy 2-core host
 _gc_lock = threading.Lock()
 
 
@@ -61,7 +62,11 @@ async def _parse_in_child(path: str) -> Config | None:
         log.warning("configuration reload: cannot start a parser process (%s); parsing in a thread", exc)
         return None
     try:
-        output, errors = await child.communicate()
+        output, errors = await asyncio.wait_for(child.communicate(), PARSE_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        raise ConfigInvalid(
+            [f"parsing took longer than {PARSE_TIMEOUT_SECONDS:.0f} s; split or shorten the file"], path
+        ) from None
     finally:
         if child.returncode is None:  # cancelled (shutdown during a reload): do not leave it behind
             with contextlib.suppress(ProcessLookupError):

@@ -287,3 +287,12 @@ def test_without_a_parser_process_the_reload_parses_in_a_thread(
     monkeypatch.setattr("sys.executable", str(tmp_path / "no-python"))
     assert asyncio.run(prepare_config(str(config))) == load_config(str(config))
     assert "parsing in a thread" in caplog.text
+
+
+def test_a_parse_that_takes_too_long_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(many_rules(10))
+    monkeypatch.setattr("exporter.reload.PARSE_TIMEOUT_SECONDS", 0.001)  # the child cannot even start in time
+    with pytest.raises(ConfigInvalid) as caught:
+        asyncio.run(prepare_config(str(config)))
+    assert "parsing took longer than" in str(caught.value)
