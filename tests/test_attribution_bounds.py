@@ -27,7 +27,7 @@ from exporter.context.model import HostIdentity, Owner, PodFacts
 from exporter.context.rule_index import RuleIndex
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.reload import prepare_config
-from exporter.sim.scenario import padded_command
+from exporter.sim.scenario import padded_command, parse_scenario
 
 EIGHT_GPUS_LONG_COMMANDS = "\n".join(
     [
@@ -296,3 +296,15 @@ def test_a_parse_that_takes_too_long_is_refused(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ConfigInvalid) as caught:
         asyncio.run(prepare_config(str(config)))
     assert "parsing took longer than" in str(caught.value)
+
+
+def test_a_simulated_command_line_is_padded_and_bounded() -> None:
+    def process(size: str) -> dict[str, Any]:
+        return {"gpus": [{"index": 0}], "processes": [{"pid": 1, "command": "python serve.py", "command_bytes": size}]}
+
+    scenario = parse_scenario(process("2MiB"), "test")
+    command = scenario.processes[0].command
+    assert len(command) == 2 * 2**20 and command.startswith("python serve.py --shard=")
+    with pytest.raises(ConfigInvalid) as caught:
+        parse_scenario(process("1GiB"), "test")
+    assert "processes[0].command_bytes" in str(caught.value) and "at most 64MiB" in str(caught.value)
