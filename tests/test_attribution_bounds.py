@@ -28,6 +28,7 @@ from exporter.context.rule_index import RuleIndex
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.reload import prepare_config
 from exporter.sim.scenario import padded_command, parse_scenario
+from exporter.sources.procfs import COMMAND_PREFIX_CHARS, ProcFs
 
 EIGHT_GPUS_LONG_COMMANDS = "\n".join(
     [
@@ -322,3 +323,16 @@ def test_a_simulated_command_line_is_padded_and_bounded() -> None:
     with pytest.raises(ConfigInvalid) as caught:
         parse_scenario(process("1GiB"), "test")
     assert "processes[0].command_bytes" in str(caught.value) and "at most 64MiB" in str(caught.value)
+
+
+def test_procfs_reads_only_the_command_prefix(tmp_path: Path) -> None:
+    (tmp_path / "stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
+    pid = tmp_path / "4242"
+    pid.mkdir()
+    (pid / "stat").write_text("4242 (python) S " + " ".join(["0"] * 17) + " 100 0 0\n")
+    (pid / "status").write_text("Name:\tpython\nUid:\t0\t0\t0\t0\n")
+    (pid / "cmdline").write_bytes(b"python\x00serve.py\x00" + b"--shard=abcdef\x00" * 150_000)  # 2.2 MB
+    facts = ProcFs(str(tmp_path)).facts(4242)
+    assert facts is not None
+    assert facts.command.startswith("python serve.py --shard=abcdef --shard=")
+    assert len(facts.command) <= COMMAND_PREFIX_CHARS
