@@ -9,13 +9,16 @@ Each rule is filed under one of its patterns:
 Matching gathers the candidates (one dict lookup per fact and per distinct prefix length, plus the
 unindexed globs), sorts them into rule order and checks each fully, so the first rule whose facts
 all match still wins. Thousands of `{user: alice}` or `{namespace: ml-*}` rules cost a few
-lookups; only rules that start with a wildcard are checked one by one.
+lookups; only rules that start with a wildcard are checked one by one, and those cost a substring
+search each when they have the common shapes `*text*`, `*text` or `text*`: only other globs go
+through a regular expression, compiled when first needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from fnmatch import fnmatchcase
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from fnmatch import translate
 
 from exporter.config.model import AttributionRule
 
@@ -30,15 +33,42 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
-def _pattern_matches(value: str, pattern: str) -> bool:
+Check = Callable[[str], bool]
+
+
+class _Glob:
+    """A glob of no simpler shape, compiled to a regular expression the first time it is used."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._match: Callable[[str], object] | None = None
+
+    def __call__(self, value: str) -> bool:
+        if self._match is None:
+            self._match = re.compile(translate(self._pattern)).match
+        return self._match(value) is not None
+
+
+def _always(value: str) -> bool:
+    return True
+
+
+def pattern_check(pattern: str) -> Check:
+    """A predicate equal to fnmatchcase(value, pattern), as cheap as the pattern's shape allows."""
     if _WILDCARDS.isdisjoint(pattern):
-        return value == pattern
-    return fnmatchcase(value, pattern)
-
-
-def rule_matches(rule: AttributionRule, facts: Mapping[str, str]) -> bool:
-    """Whether every fact the rule names matches its pattern (a missing fact is "")."""
-    return all(_pattern_matches(facts.get(key, ""), pattern) for key, pattern in rule.match)
+        return pattern.__eq__
+    if pattern == "*":
+        return _always
+    head, body, tail = pattern[:1], pattern[1:-1], pattern[-1:]
+    if head == "*" and tail == "*" and _WILDCARDS.isdisjoint(body):
+        return lambda value: body in value
+    if head == "*" and _WILDCARDS.isdisjoint(pattern[1:]):
+        suffix = pattern[1:]
+        return lambda value: value.endswith(suffix)
+    if tail == "*" and _WILDCARDS.isdisjoint(pattern[:-1]):
+        prefix = pattern[:-1]
+        return lambda value: value.startswith(prefix)
+    return _Glob(pattern)
 
 
 class RuleIndex:
@@ -46,6 +76,7 @@ class RuleIndex:
 
     def __init__(self, rules: Sequence[AttributionRule]) -> None:
         self.rules = tuple(rules)
+        self._checks = [tuple((key, pattern_check(pattern)) for key, pattern in rule.match) for rule in self.rules]
         self._exact: dict[str, dict[str, list[int]]] = {}
         self._prefix: dict[tuple[str, int], dict[str, list[int]]] = {}
         self._scan: list[int] = []
@@ -85,6 +116,5 @@ class RuleIndex:
     def matching(self, facts: Mapping[str, str]) -> Iterator[AttributionRule]:
         """The rules whose facts all match, in rule order."""
         for position in self.candidates(facts):
-            rule = self.rules[position]
-            if rule_matches(rule, facts):
-                yield rule
+            if all(check(facts.get(key, "")) for key, check in self._checks[position]):
+                yield self.rules[position]
