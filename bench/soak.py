@@ -26,7 +26,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,10 +36,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.ledger import Ledger
+from exporter.accounting.pair_cap import OTHER_PAIR
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_HELD
 from exporter.catalogue import STATES
 from exporter.clock import ManualClock
 from exporter.config import Config, parse_config
+from exporter.config.model import AccountingSettings
 from exporter.context.attribution import RuleAttributor
 from exporter.context.metadata import merge_identity
 from exporter.context.model import UNASSIGNED, HostContext, PriceQuote
@@ -50,6 +52,7 @@ from exporter.sim.scenario import Scenario, SimProcess, parse_scenario
 from exporter.sources.nvml import NvmlSource
 
 HOUR = 3600.0
+K = TypeVar("K")
 
 # Eight GPUs whose load follows repeating schedules (busy, idle, half busy), one bursty GPU,
 # two that never work, and short jobs starting every few seconds on six of them. All schedule
@@ -135,10 +138,27 @@ class DeviceTruth:
     first: float
     busy: float = 0.0
     state_seconds: dict[str, float] = field(default_factory=dict)
-    cost: dict[str, float] = field(default_factory=dict)
-    idle_cost: dict[tuple[str, str], float] = field(default_factory=dict)
-    waste: dict[str, float] = field(default_factory=dict)
+    # Money by (team, workload) pair, idle money by (team, workload, state).
+    cost: dict[tuple[str, str], float] = field(default_factory=dict)
+    idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    waste: dict[tuple[str, str], float] = field(default_factory=dict)
     fresh: bool = True  # the next interval is a first contact (start, or back from a loss)
+    last_charged: dict[tuple[str, str], float] = field(default_factory=dict)  # the pairs the device keeps
+
+    def charged_pair(self, pair: tuple[str, str], t: float, accounting: AccountingSettings) -> tuple[str, str]:
+        """The pair an interval ending at t is charged to, under the per-device pair cap and expiry."""
+        if pair != OTHER_PAIR:
+            if pair in self.last_charged or len(self.last_charged) < accounting.max_pairs_per_device:
+                self.last_charged[pair] = t
+            else:
+                pair = OTHER_PAIR
+        for gone in [p for p, last in self.last_charged.items() if t - last > accounting.pair_expiry_seconds]:
+            del self.last_charged[gone]
+            _move(self.cost, gone, OTHER_PAIR)
+            _move(self.waste, gone, OTHER_PAIR)
+            for idle_key in [k for k in self.idle_cost if k[:2] == gone]:
+                _move(self.idle_cost, idle_key, (*OTHER_PAIR, idle_key[2]))
+        return pair
 
 
 class Truth:
@@ -156,7 +176,8 @@ class Truth:
         self.devices: dict[str, DeviceTruth] = {}
         self.last: float | None = None
         self._users = {rule.match: (rule.team, rule.workload) for rule in config.attribution.rules}
-        self._host_team = dict(scenario.host.tags).get("Team") or UNASSIGNED
+        tags = dict(scenario.host.tags)
+        self._host_pair = (tags.get("Team") or UNASSIGNED, tags.get("Workload", ""))
 
     def processes_started(self, t: float) -> int:
         """How many processes the scenario started up to t (counted, not remembered: the harness stays flat too)."""
@@ -169,10 +190,9 @@ class Truth:
                 count += last + 1
         return count
 
-    def team_of(self, user: str) -> str:
-        """The team a process of `user` is attributed to (the scenario's rules match on user only)."""
-        team = self._users.get((("user", user),), ("", ""))[0]
-        return team or self._host_team
+    def pair_of(self, user: str) -> tuple[str, str]:
+        """The (team, workload) a process of `user` is attributed to (the scenario's rules match on user only)."""
+        return self._users.get((("user", user),)) or self._host_pair
 
     def holders(self, index: int, t: float) -> list[tuple[int, SimProcess]]:
         """(pid, spec) of the processes holding GPU `index` at t, sorted by pid."""
@@ -182,13 +202,13 @@ class Truth:
                 out.extend((pid, spec) for pid, _ in alive(spec, t))
         return sorted(out, key=lambda item: item[0])
 
-    def owner(self, index: int, t: float) -> str:
-        """The device's team at t: the team of the process holding most memory (first by pid on a tie)."""
-        best: tuple[int, str] | None = None
+    def owner(self, index: int, t: float) -> tuple[str, str]:
+        """The device's (team, workload) at t: the process holding most memory's (first by pid on a tie)."""
+        best: tuple[int, tuple[str, str]] | None = None
         for _pid, spec in self.holders(index, t):
             if best is None or spec.memory > best[0]:
-                best = (spec.memory, self.team_of(spec.user))
-        return best[1] if best else self._host_team
+                best = (spec.memory, self.pair_of(spec.user))
+        return best[1] if best else self._host_pair
 
     def poll(self, t: float, price: float | None, present: set[str] | None = None) -> None:
         """Integrate the interval that ends with a poll at t.
@@ -214,7 +234,7 @@ class Truth:
             assert previous is not None
             dt = t - previous
             lost = lost_at(self.scenario, gpu.index, t)
-            team = self._host_team if lost else self.owner(gpu.index, t)
+            owner = self._host_pair if lost else self.owner(gpu.index, t)
             if lost:
                 state, utilization = IDLE_FREE, 0.0
                 book.fresh = True
@@ -233,11 +253,27 @@ class Truth:
             if price is None:
                 continue
             dollars = price / physical / HOUR * dt
-            book.cost[team] = book.cost.get(team, 0.0) + dollars
+            pair = book.charged_pair(owner, t, accounting)
+            book.cost[pair] = book.cost.get(pair, 0.0) + dollars
             if state != ACTIVE:
-                book.idle_cost[(team, state)] = book.idle_cost.get((team, state), 0.0) + dollars
+                idle_key = (pair[0], pair[1], state)
+                book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars
             target = accounting.target_utilization
-            book.waste[team] = book.waste.get(team, 0.0) + dollars * max(0.0, target - utilization) / target
+            book.waste[pair] = book.waste.get(pair, 0.0) + dollars * max(0.0, target - utilization) / target
+
+
+def _move(book: dict[K, float], key: K, to: K) -> None:
+    """Fold `key`'s dollars into `to`."""
+    if key in book:
+        book[to] = book.get(to, 0.0) + book.pop(key)
+
+
+def by_team(pairs: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Dollars by team, summed over workloads."""
+    out: dict[str, float] = {}
+    for (team, _workload), dollars in pairs.items():
+        out[team] = out.get(team, 0.0) + dollars
+    return out
 
 
 def _classify(utilization: float, held: bool, threshold: float, noise_floor: float) -> str:
@@ -374,13 +410,17 @@ def compare(fleet: AcceleratedFleet, samples: Samples, *, states: bool = True, o
                     f"{name} {state} seconds", exported_states.get(state, 0.0), book.state_seconds.get(state, 0.0)
                 )
         if owners:
-            for team in set(exported_cost) | set(book.cost):
-                check.near(f"{name} cost team={team}", exported_cost.get(team, 0.0), book.cost.get(team, 0.0))
+            cost, waste = by_team(book.cost), by_team(book.waste)
+            for team in set(exported_cost) | set(cost):
+                check.near(f"{name} cost team={team}", exported_cost.get(team, 0.0), cost.get(team, 0.0))
             exported_waste = values(samples, "accel_waste_dollars_total", "team", device=name)
-            for team in set(exported_waste) | set(book.waste):
-                check.near(f"{name} waste team={team}", exported_waste.get(team, 0.0), book.waste.get(team, 0.0))
+            for team in set(exported_waste) | set(waste):
+                check.near(f"{name} waste team={team}", exported_waste.get(team, 0.0), waste.get(team, 0.0))
         if states and owners:
-            for team, state in set(book.idle_cost) | {
+            idle_cost: dict[tuple[str, str], float] = {}
+            for (team, _workload, state), dollars in book.idle_cost.items():
+                idle_cost[(team, state)] = idle_cost.get((team, state), 0.0) + dollars
+            for team, state in set(idle_cost) | {
                 (labels["team"], labels["state"])
                 for labels, _ in samples.get("accel_idle_cost_dollars_total", [])
                 if labels["device"] == name
@@ -388,7 +428,7 @@ def compare(fleet: AcceleratedFleet, samples: Samples, *, states: bool = True, o
                 check.near(
                     f"{name} idle cost team={team} state={state}",
                     total(samples, "accel_idle_cost_dollars_total", device=name, team=team, state=state),
-                    book.idle_cost.get((team, state), 0.0),
+                    idle_cost.get((team, state), 0.0),
                 )
     # Exited processes vanish: the exported pids are exactly the ones alive now.
     exported = {(labels["device"], labels["pid"]) for labels, _ in samples.get("accel_process_info", [])}

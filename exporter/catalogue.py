@@ -252,7 +252,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_exporter_label_overflow_total",
         "counter",
         ("label",),
-        "Label values replaced by `other` because the distinct-value cap was reached.",
+        'Label values replaced by `other` because the distinct-value cap was reached; label="pair" counts '
+        "intervals charged to (other, other) because the device's (team, workload) pair cap was reached.",
         "exporter",
     ),
 )

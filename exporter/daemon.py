@@ -17,10 +17,12 @@ from aiohttp import web
 from exporter.accounting.idle_clock import IdleClockFile, IdleMark
 from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
-from exporter.config import Config, ConfigInvalid, load_config
+from exporter.config import Config, ConfigInvalid
+from exporter.context.attribution import attribute_ahead
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
+from exporter.reload import prepare_config
 from exporter.sources.base import Source
 from exporter.sources.procfs import ProcFs
 from exporter.web.server import build_app, parse_listen_address
@@ -341,6 +343,8 @@ class Daemon:
         assert self.provider is not None
         reports = await asyncio.gather(*(self._poll_source(s) for s in self.sources))
         context = self.provider.current()
+        # Rule matching (long command lines, many rules) runs off the loop and counts in the poll's duration.
+        reports = [await asyncio.to_thread(attribute_ahead, r, context.attributor, self.clock) for r in reports]
         now = self.clock.monotonic()
         for report in reports:
             if report.host_hints is not None:
@@ -402,7 +406,8 @@ class Daemon:
     async def reload(self) -> bool:
         """SIGHUP: re-read the configuration; a bad file is refused and the old one stays."""
         try:
-            config = load_config(self.options.config_file)
+            # Off the loop: a file of 40,000 rules takes seconds to parse and compile.
+            config = await prepare_config(self.options.config_file)
         except ConfigInvalid as exc:
             log.error("configuration reload refused, keeping the previous one: %s", exc)
             self.ledger.count_error("config", "reload_invalid")

@@ -21,5 +21,9 @@ class LabelCap:
         if len(seen) < self._limit:
             seen.add(value)
             return value
-        self.overflow[label] = self.overflow.get(label, 0) + 1
+        self.count_overflow(label)
         return OVERFLOW_VALUE
+
+    def count_overflow(self, label: str) -> None:
+        """Count one value (or, for `pair`, one interval) replaced by `other`."""
+        self.overflow[label] = self.overflow.get(label, 0) + 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from exporter import __version__
 from exporter.accounting.idle_clock import IdleMark
 from exporter.accounting.labelcap import LabelCap
+from exporter.accounting.pair_cap import Pair, PairCap, fold_into_other
 from exporter.accounting.snapshot import (
     CollectorSnapshot,
     ConfigReloadSnapshot,
@@ -56,6 +57,7 @@ class _DeviceBook:
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
     waste: dict[tuple[str, str], float] = field(default_factory=dict)
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
+    pairs: PairCap = field(default_factory=PairCap)
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -203,10 +205,10 @@ class Ledger:
         if price is None or dt <= 0:
             return
         dollars = price / SECONDS_PER_HOUR * dt
-        owner_key = (book.owner.team, book.owner.workload)
+        owner_key = self._charged_pair(book, now)
         book.cost[owner_key] = book.cost.get(owner_key, 0.0) + dollars
         if state in IDLE_STATES and vouched:
-            idle_key = (book.owner.team, book.owner.workload, state)
+            idle_key = (*owner_key, state)
             book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars * vouched
         if (reading.utilization is not None or state != ACTIVE) and vouched:
             # Unknown activity (MIG) on a device nobody holds, or a lost device, does no work.
@@ -222,6 +224,19 @@ class Ledger:
             book.last_active = min(now, mark.last_active)
             book.state, book.state_since = mark.state, min(now, mark.state_since)
         return book
+
+    def _charged_pair(self, book: _DeviceBook, now: float) -> Pair:
+        """The (team, workload) this interval is charged to, within the device's pair cap (see pair_cap)."""
+        pair = (book.owner.team, book.owner.workload)
+        charged = book.pairs.admit(pair, now, self._settings.max_pairs_per_device)
+        if charged != pair:
+            self._cap.count_overflow("pair")
+        expired = book.pairs.expire(now, self._settings.pair_expiry_seconds)
+        if expired:
+            fold_into_other(expired, book.cost)
+            fold_into_other(expired, book.idle_cost)
+            fold_into_other(expired, book.waste)
+        return charged
 
     @staticmethod
     def _energy(book: _DeviceBook, raw: float | None) -> None:

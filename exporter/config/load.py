@@ -7,6 +7,7 @@ from typing import Any
 from exporter.config.files import NotRegularFile, read_regular_file
 from exporter.config.model import (
     LIFECYCLES,
+    MAX_ATTRIBUTION_RULES,
     RULE_KEYS,
     AccountingSettings,
     AttributionRule,
@@ -77,6 +78,8 @@ def _accounting(r: Reader) -> AccountingSettings:
             "max_processes_per_device", d.max_processes_per_device, minimum=0, maximum=10000
         ),
         export_processes=r.boolean("export_processes", d.export_processes),
+        max_pairs_per_device=r.integer("max_pairs_per_device", d.max_pairs_per_device, minimum=1, maximum=10000),
+        pair_expiry_seconds=r.duration("pair_expiry", d.pair_expiry_seconds, minimum=60),
     )
     r.finish()
     return out
@@ -130,7 +133,15 @@ def _pricing(r: Reader) -> PricingSettings:
 def _attribution(r: Reader) -> AttributionSettings:
     d = AttributionSettings()
     rules: list[AttributionRule] = []
-    for item in r.items("rules"):
+    items = r.items("rules")
+    if len(items) > MAX_ATTRIBUTION_RULES:
+        r.problem(
+            "rules",
+            f"{len(items)} rules; at most {MAX_ATTRIBUTION_RULES} are allowed: merge rules that give the same "
+            "team with globs (e.g. {user: 'ml-*'}) or attribute by namespace or unit",
+        )
+        items = []
+    for item in items:
         match = item.string_map("match")
         for key in match:
             if key not in RULE_KEYS and not key.startswith("tag:"):

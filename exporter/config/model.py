@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Attribution rules one configuration may hold: matching stays cheap past this (literal rules are
+# dict lookups), but parsing a file this large already takes seconds on a worker thread.
+MAX_ATTRIBUTION_RULES = 50_000
 LIFECYCLES = ("on-demand", "spot", "reserved", "savings-plan", "capacity-block")
 RULE_KEYS = (
     "user",
@@ -32,6 +35,10 @@ class AccountingSettings:
     target_utilization: float = 0.8
     max_processes_per_device: int = 32
     export_processes: bool = True
+    # Money counters are kept for at most this many (team, workload) pairs per device; the rest
+    # are charged to (other, other). A pair not charged for pair_expiry_seconds folds into it.
+    max_pairs_per_device: int = 20
+    pair_expiry_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,34 @@ Facts a rule can match (values are shell-style globs, all must match, first rule
 
 A rule's team and workload may name facts in braces, e.g. `workload: "{unit}"` or
 `team: "{tag:Team}"`; the result is sanitised and length-bounded like every label value.
+
+Bounds: rules see at most the first MATCH_PREFIX_CHARS (4096) characters of the command line and
+of the cgroup text, so a 2 MB command line costs what a 4 kB one does. Rules are compiled once
+per rule set (`compile_rules`, off the event loop at reload) into a `RuleIndex`, and each distinct
+set of process facts is matched once per rule set: the answer is kept until MEMO_ENTRIES distinct
+processes have been seen, then the memo starts over.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from fnmatch import fnmatchcase
 
+from exporter.clock import Clock
 from exporter.config.model import AttributionRule, AttributionSettings
 from exporter.context.cgroup import CgroupFacts, parse_cgroup
 from exporter.context.labels import sanitize_label
-from exporter.context.model import UNASSIGNED, HostIdentity, Owner, PodFacts
-from exporter.readings import ProcessReading
+from exporter.context.model import UNASSIGNED, Attributor, HostIdentity, Owner, PodFacts
+from exporter.context.rule_index import RuleIndex
+from exporter.readings import ProcessReading, SourceReport
+from exporter.sources.procfs import COMMAND_PREFIX_CHARS
 
 TAG_PREFIX = "tag:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+(?::[^{}]+)?)\}")
+MATCH_PREFIX_CHARS = COMMAND_PREFIX_CHARS
+MEMO_ENTRIES = 4096
 
 
 # Maps a process's cgroup facts to its pod; None when the pod is unknown. The daemon wires
@@ -41,15 +52,72 @@ def _is_tag_rule(rule: AttributionRule) -> bool:
     return bool(rule.match) and all(key.startswith(TAG_PREFIX) for key, _ in rule.match)
 
 
-def _matches(rule: AttributionRule, facts: Mapping[str, str]) -> bool:
-    return all(fnmatchcase(facts.get(key, ""), pattern) for key, pattern in rule.match)
-
-
 def _render(template: str, facts: Mapping[str, str]) -> str:
     """Replace `{fact}` with the fact's value; unknown facts become ""."""
     if "{" not in template:
         return template
     return _PLACEHOLDER.sub(lambda m: facts.get(m.group(1), ""), template)
+
+
+Answer = tuple[str, str] | None  # (team, workload) of the first matching rule
+
+
+class CompiledRules:
+    """One rule set, indexed: process rules, tag-only (host) rules and the memo of answers."""
+
+    def __init__(self, settings: AttributionSettings) -> None:
+        self.settings = settings
+        self.process_rules = RuleIndex([rule for rule in settings.rules if not _is_tag_rule(rule)])
+        self.host_rules = RuleIndex([rule for rule in settings.rules if _is_tag_rule(rule)])
+        self._memo: dict[tuple[tuple[str, str], ...], Answer] = {}
+
+    def label(self, value: str) -> str:
+        """`value` sanitised and bounded as a team, workload or owner label."""
+        return sanitize_label(value, self.settings.max_label_length)
+
+    def first_match(self, index: RuleIndex, facts: Mapping[str, str]) -> Answer:
+        """(team, workload) of the first rule whose facts all match and whose team renders non-empty."""
+        for rule in index.matching(facts):
+            team = self.label(_render(rule.team, facts))
+            # An empty team is a template over a missing fact, e.g. "{tag:Team}" on an untagged
+            # host: the rules after it still get their turn.
+            if team:
+                return team, self.label(_render(rule.workload, facts))
+        return None
+
+    def process_answer(self, facts: Mapping[str, str]) -> Answer:
+        """`first_match` over the process rules, remembered per distinct set of facts."""
+        key = tuple(facts.items())
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        answer = self.first_match(self.process_rules, facts)
+        if len(self._memo) >= MEMO_ENTRIES:
+            self._memo.clear()  # bounded: processes come and go, their facts with them
+        self._memo[key] = answer
+        return answer
+
+
+_compiled_lock = threading.Lock()
+_compiled: list[CompiledRules] = []  # the most recent rule sets, newest last
+
+
+def compile_rules(settings: AttributionSettings) -> CompiledRules:
+    """The compiled form of `settings`' rules; the same settings object gets the same compiled rules.
+
+    Compiling 40,000 rules takes a while: the daemon calls this on a worker thread before a
+    reload swaps the configuration in, so the event loop only finds it ready.
+    """
+    with _compiled_lock:
+        for compiled in _compiled:
+            if compiled.settings is settings:
+                return compiled
+    compiled = CompiledRules(settings)
+    with _compiled_lock:
+        _compiled.append(compiled)
+        del _compiled[:-2]  # the rule set in force and the one a reload is preparing
+    return compiled
 
 
 class RuleAttributor:
@@ -65,35 +133,24 @@ class RuleAttributor:
         settings: AttributionSettings,
         tags: tuple[tuple[str, str], ...] = (),
         pod_lookup: PodLookup | None = None,
+        rules: CompiledRules | None = None,
     ) -> None:
         self._settings = settings
         self._tag_facts = {TAG_PREFIX + key: value for key, value in tags}
         self._pod_lookup = pod_lookup
-        self._process_rules = tuple(rule for rule in settings.rules if not _is_tag_rule(rule))
-        self._host_rules = tuple(rule for rule in settings.rules if _is_tag_rule(rule))
+        self._rules = rules if rules is not None else compile_rules(settings)
 
     def with_tags(self, tags: tuple[tuple[str, str], ...]) -> RuleAttributor:
         """The same rules and pod lookup over another instance's tags."""
-        return RuleAttributor(self._settings, tags, self._pod_lookup)
+        return RuleAttributor(self._settings, tags, self._pod_lookup, self._rules)
 
     def with_pod_lookup(self, pod_lookup: PodLookup | None) -> RuleAttributor:
         """The same rules and tags with a pod lookup wired in."""
         tags = tuple((key[len(TAG_PREFIX) :], value) for key, value in self._tag_facts.items())
-        return RuleAttributor(self._settings, tags, pod_lookup)
+        return RuleAttributor(self._settings, tags, pod_lookup, self._rules)
 
     def _label(self, value: str) -> str:
-        return sanitize_label(value, self._settings.max_label_length)
-
-    def _first_match(self, rules: Iterable[AttributionRule], facts: Mapping[str, str]) -> tuple[str, str] | None:
-        """(team, workload) of the first rule whose facts all match and whose team renders non-empty."""
-        for rule in rules:
-            if _matches(rule, facts):
-                team = self._label(_render(rule.team, facts))
-                # An empty team is a template over a missing fact, e.g. "{tag:Team}" on an untagged
-                # host: the rules after it still get their turn.
-                if team:
-                    return team, self._label(_render(rule.workload, facts))
-        return None
+        return self._rules.label(value)
 
     def process_facts(self, process: ProcessReading) -> dict[str, str]:
         """Every fact a rule can match for this process (before sanitising)."""
@@ -103,8 +160,8 @@ class RuleAttributor:
         facts.update(
             {
                 "user": process.user,
-                "command": process.command,
-                "cgroup": process.cgroup,
+                "command": process.command[:MATCH_PREFIX_CHARS],
+                "cgroup": process.cgroup[:MATCH_PREFIX_CHARS],
                 "unit": cgroup.unit,
                 "container": cgroup.container_id,
                 "pod": pod_ref.pod if pod_ref is not None and pod_ref.pod else cgroup.pod_uid,
@@ -136,7 +193,7 @@ class RuleAttributor:
             container=self._label(container),
             unit=self._label(facts["unit"]),
         )
-        match = self._first_match(self._process_rules, facts)
+        match = self._rules.process_answer(facts)
         return base if match is None else replace(base, team=match[0], workload=match[1])
 
     def pod_owner(self, pod: PodFacts) -> Owner:
@@ -153,7 +210,7 @@ class RuleAttributor:
             container=self._label(pod.container),
             team="",
         )
-        match = self._first_match(self._process_rules, facts)
+        match = self._rules.first_match(self._rules.process_rules, facts)
         return base if match is None else replace(base, team=match[0], workload=match[1])
 
     def host_owner(self, identity: HostIdentity) -> Owner:
@@ -161,9 +218,24 @@ class RuleAttributor:
         tags = dict(identity.tags)
         facts = {TAG_PREFIX + key: value for key, value in identity.tags}
         settings = self._settings
-        match = self._first_match(self._host_rules, facts)
+        match = self._rules.first_match(self._rules.host_rules, facts)
         if match is not None:
             return Owner(team=match[0], workload=match[1])
         team = self._label(tags.get(settings.team_tag, "")) or self._label(settings.default_team) or UNASSIGNED
         workload = self._label(tags.get(settings.workload_tag, "")) or self._label(settings.default_workload)
         return Owner(team=team, workload=workload)
+
+
+def attribute_ahead(report: SourceReport, attributor: Attributor, clock: Clock) -> SourceReport:
+    """Attribute every process in `report` now, and add the time it took to the report's duration.
+
+    The daemon runs this on a worker thread before accounting ingests the report: the rules are
+    matched there (long command lines, many rules) and the memo answers accounting's own calls on
+    the event loop. The time is part of the collector's poll, so its duration metric shows it.
+    """
+    started = clock.monotonic()
+    for device in report.devices:
+        for process in device.processes:
+            attributor.process_owner(process)
+    spent = max(0.0, clock.monotonic() - started)
+    return replace(report, duration_seconds=report.duration_seconds + spent) if spent else report

@@ -270,14 +270,31 @@ def _gpu(g: Reader, position: int) -> Gpu:
     return gpu
 
 
+MAX_COMMAND_BYTES = 64 * 2**20  # a simulated command line larger than any real argv limit is a typo
+
+
+def padded_command(command: str, size: int) -> str:
+    """`command` followed by generated arguments up to `size` characters (a long argv, as some launchers write)."""
+    if size <= len(command):
+        return command
+    argument = " --shard=0123456789abcdef"
+    repeats = (size - len(command)) // len(argument) + 1
+    return (command + argument * repeats)[:size]
+
+
 def _process(p: Reader) -> SimProcess:
     end = p.raw("end")
+    command_bytes = _size(p, "command_bytes", 0)
+    if command_bytes > MAX_COMMAND_BYTES:
+        p.problem("command_bytes", f"at most {MAX_COMMAND_BYTES // 2**20}MiB, found {command_bytes} bytes")
+        command_bytes = 0
+    command = padded_command(p.string("command", "python"), command_bytes)
     proc = SimProcess(
         pid=p.integer("pid", 1000, minimum=1, maximum=2**22),
         device=p.string("device", "0"),
         memory=_size(p, "memory", 0),
         user=p.string("user", "root"),
-        command=p.string("command", "python"),
+        command=command,
         started=p.number("started", 0.0),
         start=p.duration("start", 0.0),
         end=None if end is None else p.duration("end", 0.0),

@@ -11,6 +11,10 @@ from typing import Protocol
 
 from exporter.readings import ProcessReading
 
+# A command line can be megabytes (generated argument lists): only this much of it is read, matched
+# by attribution rules and carried in readings.
+COMMAND_PREFIX_CHARS = 4096
+
 
 @dataclass(frozen=True)
 class ProcessFacts:
@@ -28,8 +32,9 @@ def process_reading(
     """A device holder with what /proc knows of it; only pid and memory when /proc does not know it."""
     if facts is None:
         return ProcessReading(pid, used_memory_bytes, runtime_tag=runtime_tag)
+    command = facts.command[:COMMAND_PREFIX_CHARS]  # other readers (the simulator) may not bound it
     return ProcessReading(
-        pid, used_memory_bytes, facts.user, facts.command, facts.start_time_seconds, facts.cgroup, runtime_tag
+        pid, used_memory_bytes, facts.user, command, facts.start_time_seconds, facts.cgroup, runtime_tag
     )
 
 
@@ -101,7 +106,12 @@ class ProcFs:
         return "unknown"
 
     def _command(self, base: Path) -> str:
-        cmdline = self._read(base / "cmdline").replace("\x00", " ").strip()
+        try:
+            with (base / "cmdline").open("rb") as file:
+                head = file.read(COMMAND_PREFIX_CHARS)
+        except OSError:
+            head = b""
+        cmdline = head.decode(errors="replace").replace("\x00", " ").strip()
         return cmdline or self._read(base / "comm").strip()
 
     @staticmethod
