@@ -422,3 +422,16 @@ def test_settings_reload_keeps_counters() -> None:
     assert after.busy_seconds_total == pytest.approx(before.busy_seconds_total + 0.5)
     assert total(after.cost) == pytest.approx(total(before.cost) + 8.0 * 10 / 3600)
     assert dict(after.state_seconds) == {"active": 30.0, "idle_held": 10.0}
+
+
+async def test_money_counters_start_at_zero_with_the_owner_on_the_first_poll(rig: Callable[..., Rig]) -> None:
+    """Alerts route by the team on the cost series: it must be there from the first scrape, at 0."""
+    r = rig("p4d-idle-fleet")
+    first = counter_samples(await r.step(1.0))
+    cost = {labels: v for (name, labels), v in first.items() if name == "accel_cost_dollars_total"}
+    teams = {dict(labels)["device"]: dict(labels)["team"] for labels in cost}
+    assert sorted(teams) == [f"nvidia{i}" for i in range(8)]
+    assert teams["nvidia0"] == "ml-platform"  # no process: the instance's Team tag
+    assert set(cost.values()) == {0.0}
+    idle = {dict(labels)["device"] for (name, labels) in first if name == "accel_idle_cost_dollars_total"}
+    assert {"nvidia0", "nvidia1", "nvidia2"} <= idle

@@ -129,6 +129,7 @@ class Ledger:
         attributor = context.attributor
         host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
+        first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
         for reading in report.devices:
             seen.add(reading.identity.device)
             self._ingest_device(report.collector, reading, now, host, attributor)
@@ -144,6 +145,8 @@ class Ledger:
                 down = DeviceReading(self._devices[name].identity, up=False)
                 self._ingest_device(report.collector, down, now, host, attributor)
         self._reprice(context)
+        for name in first_seen:
+            self._open_money(self._devices[name], now)
 
     def record_collector(self, name: str, success: bool, duration: float, timestamp: float | None) -> None:
         """Self-metrics for a collector that is not a device source (price, metadata, kubernetes)."""
@@ -224,6 +227,18 @@ class Ledger:
             book.last_active = min(now, mark.last_active)
             book.state, book.state_since = mark.state, min(now, mark.state_since)
         return book
+
+    def _open_money(self, book: _DeviceBook, now: float) -> None:
+        """A priced device's money counters start at 0 on its first poll, under its owner and state,
+        so the team that alerts route by is on /metrics from the first scrape, and Prometheus sees
+        the whole first interval as an increase."""
+        if self._prices.get(book.identity.device) is None:
+            return
+        pair = self._charged_pair(book, now)
+        book.cost.setdefault(pair, 0.0)
+        book.waste.setdefault(pair, 0.0)
+        if book.state in IDLE_STATES:
+            book.idle_cost.setdefault((*pair, book.state), 0.0)
 
     def _charged_pair(self, book: _DeviceBook, now: float) -> Pair:
         """The (team, workload) this interval is charged to, within the device's pair cap (see pair_cap)."""
