@@ -8,6 +8,7 @@ from typing import Any
 from exporter.config.model import (
     LIFECYCLES,
     RULE_KEYS,
+    WASTE_BASES,
     AccountingSettings,
     AttributionRule,
     AttributionSettings,
@@ -75,6 +76,7 @@ def _accounting(r: Reader) -> AccountingSettings:
             "max_processes_per_device", d.max_processes_per_device, minimum=0, maximum=10000
         ),
         export_processes=r.boolean("export_processes", d.export_processes),
+        waste_basis=r.string("waste_basis", d.waste_basis, choices=WASTE_BASES),
     )
     r.finish()
     return out

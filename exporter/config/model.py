@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+WASTE_BASES = ("time", "sm")
 LIFECYCLES = ("on-demand", "spot", "reserved", "savings-plan", "capacity-block")
 RULE_KEYS = (
     "user",
@@ -32,6 +33,10 @@ class AccountingSettings:
     target_utilization: float = 0.8
     max_processes_per_device: int = 32
     export_processes: bool = True
+    # What waste measures the target against: "time" (kernel time, NVML utilization) or "sm"
+    # (SM activity through GPM, falling back to time on devices without it). Stays "time" until
+    # "sm" is verified on hardware.
+    waste_basis: str = "time"
 
 
 @dataclass(frozen=True)
