@@ -165,7 +165,7 @@ class GpmSampler:
             except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown):
                 raise
             except nvml.NVMLError_FunctionNotFound:
-                why = "the driver has no GPM (it needs R520 or later)"
+                why = "the driver has no GPM calls (a newer driver has them)"
             except nvml.NVMLError_NotSupported:
                 why = "the driver says this GPU has no GPM (it needs Hopper or later)"
             except nvml.NVMLError as exc:
