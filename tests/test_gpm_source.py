@@ -196,3 +196,18 @@ def test_random_steps_integrate_across_rounded_step_edges() -> None:
     # 7 * 1.3 is 9.1 in floats, but 9.1 / 1.3 floors to 6: the integral used to loop forever there.
     pattern = RandomSteps(mean=0.5, spread=0.5, step=1.3, seed=1)
     assert pattern.busy(0.0, 20.0) == pytest.approx(sum(pattern.busy(i, i + 1.0) for i in range(20)))
+
+
+async def test_a_lost_gpu_starts_a_new_gpm_interval_when_back(hosts: list[Host]) -> None:
+    # Lost from 20 s to 40 s: counters read across the loss would mix two lives of the GPU.
+    # A second GPU stays up, so NVML is not re-initialised (which would start afresh anyway).
+    scenario = varying_h100(faults=[{"type": "lost", "at": "20s", "until": "40s"}])
+    scenario["gpus"].append({"index": 1, "model": H100, "utilization": 0.5})
+    host = host_of(hosts, scenario)
+    covered = []
+    for _ in range(16):
+        gpu = (await host.step(5.0))["nvidia0"]
+        if gpu.gpm is not None:
+            covered.append(gpu.gpm.covered_seconds)
+    assert covered and max(covered) == pytest.approx(5.0)
+    assert gpu.up and gpu.gpm is not None and gpu.gpm.covered_seconds == pytest.approx(5.0)

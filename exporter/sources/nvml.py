@@ -279,6 +279,9 @@ class NvmlSource:
                     nvml.nvmlDeviceRegisterEvents(dev.handle, nvml.nvmlEventTypeXidCriticalError, self._event_set)
                 except nvml.NVMLError as exc:
                     log.debug("XID events not available on %s: %s", dev.identity.device, exc)
+        for dev in self._devices:
+            if dev not in merged:
+                self._gpm.free(nvml, dev.gpm)  # a destroyed MIG instance or unplugged GPU
         self._set_devices(merged)
 
     def _reidentify(self) -> None:
@@ -407,6 +410,7 @@ class NvmlSource:
                     )
                     dev.lost = True
                 dev.last_seen_us = None  # history after a loss is not trustworthy
+                self._gpm.free(self._nvml, dev.gpm)  # nor a GPM sample from before it
                 dev.last_poll = self._clock.monotonic()  # this interval is accounted as down
                 readings_list.append(DeviceReading(identity=dev.identity, up=False))
             except Exception as exc:  # an answer nobody foresaw must not hide the other GPUs
