@@ -6,9 +6,11 @@ Run on a host with an NVIDIA GPU (needs nvidia-ml-py, prometheus-client, aiohttp
     python3 bench/nvml_cost.py --polls 60 --with-load
 
 1. RSS after each layer is loaded: the interpreter, the exporter's imports, pynvml, nvmlInit.
-2. Each NVML call the source makes, timed alone: wall and thread CPU (median of `--calls`).
-3. The production `NvmlSource` polled once a second: thread CPU and wall per poll, split into
-   time inside NVML and time in our own Python.
+2. Each NVML call the source makes, timed alone: wall and thread CPU (median of `--calls`),
+   with the GPM calls (sample, metrics) where GPU 0 has GPM (Hopper and later).
+3. The production `NvmlSource` polled every `--interval` (1 s): thread CPU and wall per poll,
+   split into time inside NVML and time in our own Python, and the share of a core that makes,
+   scaled to an 8-GPU host.
 With `--with-load`, a PyTorch process holds GPU 0 during step 3, so the process path is measured.
 """
 
@@ -129,7 +131,62 @@ def per_call(pynvml: Any, repeat: int) -> None:
         pynvml.nvmlEventSetFree(events)
 
 
-def polls(pynvml: Any, count: int, with_load: bool) -> None:
+def gpm_calls(pynvml: Any, repeat: int) -> None:
+    """Each GPM call alone on GPU 0 (and its first MIG instance), where the GPU has GPM."""
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    try:
+        supported = bool(pynvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+    except (pynvml.NVMLError, AttributeError) as exc:
+        print(f"\n--- GPM: not available ({type(exc).__name__}: {exc}) ---")
+        return
+    if not supported:
+        print("\n--- GPM: this GPU has none (Hopper or later needed) ---")
+        return
+    first, second = pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()
+    pynvml.nvmlGpmSampleGet(handle, first)
+    metric_ids = (
+        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+        pynvml.NVML_GPM_METRIC_SM_UTIL,
+        pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    )
+
+    def metrics() -> Any:
+        request = pynvml.c_nvmlGpmMetricsGet_t()
+        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(metric_ids)
+        request.sample1, request.sample2 = first, second
+        for i, metric in enumerate(metric_ids):
+            request.metrics[i].metricId = metric
+        return pynvml.nvmlGpmMetricsGet(request)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "GpmQueryDeviceSupport": lambda: pynvml.nvmlGpmQueryDeviceSupport(handle),
+        "GpmSampleGet": lambda: pynvml.nvmlGpmSampleGet(handle, second),
+        "GpmMetricsGet (5 metrics)": metrics,
+    }
+    try:
+        current, _ = pynvml.nvmlDeviceGetMigMode(handle)
+    except pynvml.NVMLError:
+        current = 0
+    if current == pynvml.NVML_DEVICE_MIG_ENABLE:
+        try:
+            gi = int(pynvml.nvmlDeviceGetGpuInstanceId(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)))
+            calls["GpmMigSampleGet"] = lambda: pynvml.nvmlGpmMigSampleGet(handle, gi, second)
+        except pynvml.NVMLError as exc:
+            print("  (no MIG instance to sample:", exc, ")")
+    print(f"\n--- GPM calls alone, GPU 0, median of {repeat} ---")
+    try:
+        for name, call in calls.items():
+            wall, cpu, error = timed(call, repeat)
+            print(f"  {name:34} {wall:8.3f} {cpu:8.3f}  {error}")
+    finally:
+        pynvml.nvmlGpmSampleFree(first)
+        pynvml.nvmlGpmSampleFree(second)
+
+
+def polls(pynvml: Any, count: int, with_load: bool, interval: float = 1.0) -> None:
     from exporter.clock import SystemClock
     from exporter.sources.nvml import NvmlSource
     from exporter.sources.procfs import ProcFs
@@ -151,15 +208,22 @@ def polls(pynvml: Any, count: int, with_load: bool) -> None:
             cpu = time.thread_time() - cpu
             wall = time.perf_counter() - wall
             rows.append((wall, cpu, counting.wall, counting.cpu, counting.calls))
-            time.sleep(max(0.0, 1.0 - wall))
+            time.sleep(max(0.0, interval - wall))
         processes = sum(len(r.processes) for r in report.devices)
         print(
-            f"\n--- NvmlSource poll at 1 s, {count} polls, {len(report.devices)} device(s), {processes} process(es) ---"
+            f"\n--- NvmlSource poll at {interval:g} s, {count} polls, {len(report.devices)} device(s), "
+            f"{processes} process(es) ---"
         )
         for label, index in (("wall", 0), ("thread CPU", 1), ("  of which in NVML (wall)", 2), ("  in NVML (CPU)", 3)):
             values = [r[index] * 1000 for r in rows[1:]]
             print(f"  {label:26} mean {statistics.mean(values):7.3f} ms  max {max(values):7.3f} ms")
         print(f"  NVML calls per poll: mean {statistics.mean(r[4] for r in rows[1:]):.1f}")
+        share = statistics.mean(r[1] for r in rows[1:]) / interval
+        gpus = sum(1 for r in report.devices if r.identity.kind == "gpu") or 1
+        print(
+            f"  share of a core at this interval: {100 * share:.3f} % for {gpus} GPU(s), "
+            f"{100 * share * 8 / gpus:.3f} % scaled to 8 GPUs"
+        )
         print(f"  errors in the last report: {dict(report.errors) or 'none'}")
         _, buffered = pynvml.nvmlDeviceGetSamples(
             pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0
@@ -178,6 +242,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="repetitions of each NVML call")
     parser.add_argument("--polls", type=int, default=20, help="polls of the source, one a second")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls (5 is the default interval)")
     parser.add_argument("--with-load", action="store_true", help="hold GPU 0 with a PyTorch process while polling")
     args = parser.parse_args()
     print("python", sys.version.split()[0], "| interpreter:", rss())
@@ -195,9 +260,10 @@ def main() -> int:
     try:
         print("driver", pynvml.nvmlSystemGetDriverVersion(), "| GPUs", pynvml.nvmlDeviceGetCount())
         per_call(pynvml, args.calls)
+        gpm_calls(pynvml, args.calls)
     finally:
         pynvml.nvmlShutdown()
-    polls(pynvml, args.polls, args.with_load)
+    polls(pynvml, args.polls, args.with_load, args.interval)
     return 0
 
 

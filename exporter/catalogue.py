@@ -65,6 +65,39 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "device",
     ),
     _m(
+        "accel_sm_active_seconds_total",
+        "counter",
+        _D,
+        "SM activity integrated over time: seconds x share of SMs busy (NVML GPM SM_UTIL, Hopper and later, "
+        "GPUs and MIG instances), between GPM samples about every 5 s; rate() is SM activity over any window "
+        "of 5 s or more. A kernel on 1 of 132 SMs reads 100 % utilization but under 1 % here. Absent without GPM.",
+        "device",
+    ),
+    _m(
+        "accel_tensor_active_seconds_total",
+        "counter",
+        _D,
+        "Seconds x share of time any tensor core pipe was busy (NVML GPM ANY_TENSOR_UTIL); rate() is tensor "
+        "activity. Absent without GPM.",
+        "device",
+    ),
+    _m(
+        "accel_dram_active_seconds_total",
+        "counter",
+        _D,
+        "Seconds x share of peak DRAM bandwidth used (NVML GPM DRAM_BW_UTIL); rate() is DRAM bandwidth "
+        "utilization. Absent without GPM.",
+        "device",
+    ),
+    _m(
+        "accel_sm_occupancy_ratio",
+        "gauge",
+        _D,
+        "Resident warps over the theoretical maximum (0-1, NVML GPM SM_OCCUPANCY), averaged over the last GPM "
+        "interval. Absent without GPM or while its counters are in use by another client.",
+        "device",
+    ),
+    _m(
         "accel_memory_used_bytes",
         "gauge",
         _D,
@@ -133,7 +166,16 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "accel_waste_dollars_total",
         "counter",
         _OWNER,
-        "Utilization-weighted waste in USD: price x time x max(0, target - utilization) / target.",
+        "Utilization-weighted waste in USD: price x time x max(0, target - activity) / target, where activity is "
+        "utilization, or SM activity with accounting.waste_basis: sm where GPM is available (accel_waste_basis_info).",
+        "cost",
+    ),
+    _m(
+        "accel_waste_basis_info",
+        "gauge",
+        ("device", "basis"),
+        'What the device\'s waste is measured on; always 1. basis="time": utilization (kernel time); '
+        'basis="sm": SM activity through GPM (accounting.waste_basis: sm on a device with GPM).',
         "cost",
     ),
     _m(

@@ -58,6 +58,24 @@ class CounterDelta:
 
 
 @dataclass(frozen=True)
+class GpmReading:
+    """What NVML GPU Performance Monitoring (Hopper and later) measured between two of its samples.
+
+    The `*_seconds` fields are activity integrated over `covered_seconds` (0 between reads of
+    the counters, which then wait for the next read); the ratios are the latest read's averages.
+    """
+
+    covered_seconds: float
+    sm_active_seconds: float
+    tensor_active_seconds: float
+    dram_active_seconds: float
+    sm_activity: float  # share of SMs busy, averaged over the last read's interval (0-1)
+    sm_occupancy: float  # active warps over the theoretical maximum (0-1)
+    tensor_activity: float
+    dram_activity: float
+
+
+@dataclass(frozen=True)
 class DeviceReading:
     """One device on one poll.
 
@@ -83,6 +101,8 @@ class DeviceReading:
     # Memory held although no process is visible (e.g. a container without hostPID).
     memory_held: bool = False
     counters: tuple[CounterDelta, ...] = ()
+    # None where GPM is unavailable (before Hopper, DCGM profiling holding the counters, ...).
+    gpm: GpmReading | None = None
 
 
 @dataclass(frozen=True)

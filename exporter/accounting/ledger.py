@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from exporter import __version__
+from exporter.accounting.activity import ActivityBook, waste_activity
 from exporter.accounting.idle_clock import IdleMark
 from exporter.accounting.labelcap import LabelCap
 from exporter.accounting.pair_cap import Pair, PairCap, fold_into_other
@@ -58,6 +59,8 @@ class _DeviceBook:
     waste: dict[tuple[str, str], float] = field(default_factory=dict)
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
     pairs: PairCap = field(default_factory=PairCap)
+    activity: ActivityBook = field(default_factory=ActivityBook)
+    waste_basis: str = ""
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -199,6 +202,8 @@ class Ledger:
         if reading.busy_seconds is not None:
             book.busy_total += reading.busy_seconds
             book.has_busy = True
+        book.activity.add(reading)
+        activity, book.waste_basis = waste_activity(settings.waste_basis, reading)
         self._energy(book, reading.energy_joules)
         book.processes, book.owner = self._owners(reading, host, attributor)
         for delta in reading.counters:
@@ -215,9 +220,8 @@ class Ledger:
             book.idle_cost[idle_key] = book.idle_cost.get(idle_key, 0.0) + dollars * vouched
         if (reading.utilization is not None or state != ACTIVE) and vouched:
             # Unknown activity (MIG) on a device nobody holds, or a lost device, does no work.
-            utilization = reading.utilization if reading.up and reading.utilization is not None else 0.0
             target = settings.target_utilization
-            waste = dollars * vouched * max(0.0, target - utilization) / target
+            waste = dollars * vouched * max(0.0, target - activity) / target
             book.waste[owner_key] = book.waste.get(owner_key, 0.0) + waste
 
     def _new_book(self, collector: str, reading: DeviceReading, now: float) -> _DeviceBook:
@@ -366,6 +370,8 @@ class Ledger:
             idle_cost=tuple(sorted(book.idle_cost.items())),
             waste=tuple(sorted(book.waste.items())),
             counters=tuple(sorted((m, labels, v) for (m, labels), v in book.counters.items())),
+            activity=book.activity.snapshot(),
+            waste_basis=book.waste_basis if book.state != NO_STATE else "",
         )
 
 

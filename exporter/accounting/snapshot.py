@@ -21,6 +21,16 @@ class ProcessSnapshot:
 
 
 @dataclass(frozen=True)
+class ActivitySnapshot:
+    """GPM activity counters of a device (Hopper and later), and its SM occupancy when known."""
+
+    sm_active_seconds_total: float
+    tensor_active_seconds_total: float
+    dram_active_seconds_total: float
+    sm_occupancy: float | None
+
+
+@dataclass(frozen=True)
 class DeviceSnapshot:
     """One device's gauges and counters at the end of a poll."""
 
@@ -44,6 +54,8 @@ class DeviceSnapshot:
     idle_cost: tuple[tuple[tuple[str, str, str], float], ...]
     waste: tuple[tuple[tuple[str, str], float], ...]
     counters: tuple[tuple[str, Labels, float], ...]
+    activity: ActivitySnapshot | None = None  # None: the device never had GPM
+    waste_basis: str = ""  # "time" or "sm" for a device with a state; "" for a fully sliced MIG parent
 
 
 @dataclass(frozen=True)

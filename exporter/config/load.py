@@ -9,6 +9,7 @@ from exporter.config.model import (
     LIFECYCLES,
     MAX_ATTRIBUTION_RULES,
     RULE_KEYS,
+    WASTE_BASES,
     AccountingSettings,
     AttributionRule,
     AttributionSettings,
@@ -80,6 +81,7 @@ def _accounting(r: Reader) -> AccountingSettings:
         export_processes=r.boolean("export_processes", d.export_processes),
         max_pairs_per_device=r.integer("max_pairs_per_device", d.max_pairs_per_device, minimum=1, maximum=10000),
         pair_expiry_seconds=r.duration("pair_expiry", d.pair_expiry_seconds, minimum=60),
+        waste_basis=r.string("waste_basis", d.waste_basis, choices=WASTE_BASES),
     )
     r.finish()
     return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 # Attribution rules one configuration may hold: matching stays cheap past this (literal rules are
 # dict lookups), but parsing a file this large already takes seconds on a worker thread.
 MAX_ATTRIBUTION_RULES = 50_000
+WASTE_BASES = ("time", "sm")
 LIFECYCLES = ("on-demand", "spot", "reserved", "savings-plan", "capacity-block")
 RULE_KEYS = (
     "user",
@@ -39,6 +40,10 @@ class AccountingSettings:
     # are charged to (other, other). A pair not charged for pair_expiry_seconds folds into it.
     max_pairs_per_device: int = 20
     pair_expiry_seconds: float = 3600.0
+    # What waste measures the target against: "time" (kernel time, NVML utilization) or "sm"
+    # (SM activity through GPM, falling back to time on devices without it). Stays "time" until
+    # "sm" is verified on hardware.
+    waste_basis: str = "time"
 
 
 @dataclass(frozen=True)

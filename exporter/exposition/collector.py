@@ -68,6 +68,12 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
             f.add("accel_utilization_ratio", [dev], d.utilization)
         if d.has_busy:
             f.add("accel_busy_seconds_total", [dev], d.busy_seconds_total)
+        if d.activity is not None:  # GPM (Hopper and later)
+            f.add("accel_sm_active_seconds_total", [dev], d.activity.sm_active_seconds_total)
+            f.add("accel_tensor_active_seconds_total", [dev], d.activity.tensor_active_seconds_total)
+            f.add("accel_dram_active_seconds_total", [dev], d.activity.dram_active_seconds_total)
+            if d.activity.sm_occupancy is not None:
+                f.add("accel_sm_occupancy_ratio", [dev], d.activity.sm_occupancy)
         if d.memory_used_bytes is not None:
             f.add("accel_memory_used_bytes", [dev], d.memory_used_bytes)
         if d.memory_total_bytes is not None:
@@ -85,6 +91,8 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
             f.add("accel_idle_seconds", [dev], d.idle_seconds)
         if d.price_per_hour is not None:
             f.add("accel_price_dollars_per_hour", [dev], d.price_per_hour)
+            if d.waste_basis:
+                f.add("accel_waste_basis_info", [dev, d.waste_basis], 1)
         for (team, workload), value in d.cost:
             f.add("accel_cost_dollars_total", [dev, team, workload], value)
         for (team, workload, state), value in d.idle_cost:

@@ -8,6 +8,7 @@ utilization sample buffer from the scenario's exact busy integrals.
 
 from __future__ import annotations
 
+import ctypes
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import pynvml
 
 from exporter.clock import Clock
+from exporter.sim.patterns import Pattern
 from exporter.sim.scenario import Fault, Gpu, MigInstance, Scenario, SimProcess
 from exporter.sources.procfs import ProcessFacts
 
@@ -55,6 +57,18 @@ class _Handle:
 
 
 @dataclass(frozen=True)
+class _GpmCapture:
+    gpu: int
+    gi: int | None  # a MIG GPU instance, or None for the whole GPU
+    at: float  # scenario time the sample was taken
+
+
+def _address(sample: Any) -> int:
+    """Where an opaque nvmlGpmSample_t points: the key the fake keeps its contents under."""
+    return int(ctypes.cast(sample, ctypes.c_void_p).value or 0)
+
+
+@dataclass(frozen=True)
 class _Running:
     pid: int
     device: str
@@ -77,6 +91,9 @@ class FakeNvml:
         self._ordered = sorted(self._gpus)
         self._events_seen: set[tuple[int, float]] = set()
         self._alive: tuple[float, list[_Running]] | None = None
+        # GPM samples by address: the buffer that keeps each one alive, and what it captured.
+        self._gpm_buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self._gpm_samples: dict[int, _GpmCapture] = {}
 
     # --- time -------------------------------------------------------------------------------
     def now(self) -> float:
@@ -299,6 +316,91 @@ class FakeNvml:
         joules = idle * (t - loaded) + span * gpu.utilization.busy(loaded, t)
         return int(joules * 1000)
 
+    # --- GPM (Hopper and later) ------------------------------------------------------------------
+    def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> Any:
+        gpu = self._gpu(handle, "nvmlGpmQueryDeviceSupport")
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if gpu.gpm else 0
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._check("nvmlGpmSampleAlloc", None)
+        buffer = ctypes.create_string_buffer(16)
+        sample = ctypes.cast(buffer, pynvml.c_nvmlGpmSample_t)
+        self._gpm_buffers[_address(sample)] = buffer
+        return sample
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        address = _address(sample)
+        if self._gpm_buffers.pop(address, None) is None:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._gpm_samples.pop(address, None)
+
+    def nvmlGpmSampleGet(self, handle: _Handle, sample: Any) -> Any:
+        gpu = self._gpu(handle, "nvmlGpmSampleGet")
+        self._gpm_take(gpu, None, sample)
+        return sample
+
+    def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int, sample: Any) -> Any:
+        gpu = self._gpu(handle, "nvmlGpmMigSampleGet")
+        if not any(m.gi == gpu_instance_id for m in self._live_migs(gpu)):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        self._gpm_take(gpu, gpu_instance_id, sample)
+        return sample
+
+    def _gpm_take(self, gpu: Gpu, gi: int | None, sample: Any) -> None:
+        if not gpu.gpm:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        address = _address(sample)
+        if address not in self._gpm_buffers:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # not from nvmlGpmSampleAlloc, or freed
+        self._gpm_samples[address] = _GpmCapture(gpu.index, gi, self.now())
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:
+        self._check("nvmlGpmMetricsGet", None)
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise NVMLError(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        first = self._gpm_samples.get(_address(request.sample1))
+        second = self._gpm_samples.get(_address(request.sample2))
+        if first is None or second is None or (first.gpu, first.gi) != (second.gpu, second.gi):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if second.at <= first.at:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        patterns = self._gpm_patterns(self._gpus[first.gpu], first.gi)
+        for i in range(int(request.numMetrics)):
+            entry = request.metrics[i]
+            pattern = patterns.get(int(entry.metricId))
+            if pattern is None:
+                entry.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                entry.value = 0.0
+            else:  # the metric's average between the samples, in percent, as NVML defines it
+                entry.nvmlReturn = pynvml.NVML_SUCCESS
+                entry.value = 100.0 * pattern.busy(first.at, second.at) / (second.at - first.at)
+        return request
+
+    def _gpm_patterns(self, gpu: Gpu, gi: int | None) -> dict[int, Pattern]:
+        """The scenario patterns behind each simulated GPM metric, for a GPU or one of its MIG instances."""
+        if gi is None:
+            own = (gpu.utilization, gpu.sm_activity, gpu.tensor_activity, gpu.sm_occupancy, gpu.dram_activity)
+        else:
+            # A MIG instance's occupancy and DRAM traffic simply follow its SM activity here.
+            mig = next(m for m in gpu.mig if m.gi == gi)
+            own = (mig.utilization, mig.sm_activity, mig.tensor_activity, mig.sm_activity, mig.sm_activity)
+        ids = (
+            pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+            pynvml.NVML_GPM_METRIC_SM_UTIL,
+            pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+            pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+            pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+        )
+        return dict(zip(ids, own, strict=True))
+
+    def gpm_truth(self, device: str, metric: int, a: float, b: float) -> float:
+        """Ground truth for tests: a GPM metric's exact active seconds on `device` ("0" or "0/1") in [a, b]."""
+        index, _, gi = device.partition("/")
+        return self._gpm_patterns(self._gpus[int(index)], int(gi) if gi else None)[metric].busy(a, b)
+
     # --- processes ----------------------------------------------------------------------------
     def running_processes(self) -> list[_Running]:
         """Every simulated process alive now (the simulator's /proc)."""
@@ -387,7 +489,7 @@ class FakeNvml:
         """An object with pynvml's attribute names: constants, exceptions and the calls above."""
         names: dict[str, Any] = {name: getattr(self, name) for name in dir(self) if name.startswith("nvml")}
         for name in dir(pynvml):
-            if name.startswith(("NVMLError", "NVML_", "nvmlEventType", "nvmlMemory_v")):
+            if name.startswith(("NVMLError", "NVML_", "nvmlEventType", "nvmlMemory_v", "c_nvmlGpm")):
                 names.setdefault(name, getattr(pynvml, name))
         return SimpleNamespace(**names)
 

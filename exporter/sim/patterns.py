@@ -127,6 +127,8 @@ class RandomSteps:
         t = a
         while t < b:
             k = math.floor(t / self.step)
+            if (k + 1) * self.step <= t:
+                k += 1  # t sits on a step edge that division rounded down (9.1 / 1.3 < 7): no progress otherwise
             end = min(b, (k + 1) * self.step)
             total += self._value(k) * (end - t)
             t = end

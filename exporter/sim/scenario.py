@@ -17,6 +17,7 @@ from exporter.config.model import HostSettings
 from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, yaml_document
 from exporter.sim.patterns import Burst, Constant, Pattern, RandomSteps, Schedule
 
+NO_ACTIVITY = Constant(0.0)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
 _UNITS = {
     None: 1,
@@ -55,6 +56,10 @@ class MigInstance:
     memory_total: int
     start: float = 0.0  # created at (scenario time): MIG layouts change while the exporter runs
     end: float | None = None  # destroyed at
+    # Seen only through GPM (Hopper and later): graphics/compute activity, SMs busy, tensor cores busy.
+    utilization: Pattern = NO_ACTIVITY
+    sm_activity: Pattern = NO_ACTIVITY
+    tensor_activity: Pattern = NO_ACTIVITY
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,17 @@ class Gpu:
     # History before the scenario starts: when the GPU last computed (scenario time, <= 0), which
     # the demo hands to the idle clock as a state directory from an earlier run would.
     last_active: float | None = None
+    # GPM (nvmlGpmQueryDeviceSupport): on Hopper and later unless the scenario says otherwise.
+    gpm: bool = False
+    # Share of SMs busy (time-averaged); defaults to `utilization`: kernels that fill the GPU.
+    sm_activity: Pattern = NO_ACTIVITY
+    tensor_activity: Pattern = NO_ACTIVITY
+    dram_activity: Pattern = NO_ACTIVITY
+    sm_occupancy: Pattern = NO_ACTIVITY
+
+
+# Model names of GPUs with GPM (Hopper, Blackwell and later), as nvmlDeviceGetName spells them.
+GPM_MODELS = ("H100", "H200", "H800", "H20", "GH200", "B100", "B200", "GB200", "B300", "GB300")
 
 
 @dataclass(frozen=True)
@@ -217,6 +233,11 @@ def _pattern(r: Reader, key: str) -> Pattern:
     return result
 
 
+def _pattern_or(r: Reader, key: str, default: Pattern) -> Pattern:
+    """The pattern under `key`, or `default` when the key is absent."""
+    return default if r.raw(key) is None else _pattern(r, key)
+
+
 def _faults(r: Reader, key: str) -> tuple[Fault, ...]:
     faults = []
     for f in r.items(key):
@@ -242,6 +263,7 @@ def _gpu(g: Reader, position: int) -> Gpu:
     power = g.section("power")
     mig = []
     for m in g.items("mig"):
+        busy = _pattern(m, "utilization")
         mig.append(
             MigInstance(
                 gi=m.integer("gi", 0, minimum=0),
@@ -249,14 +271,19 @@ def _gpu(g: Reader, position: int) -> Gpu:
                 memory_total=_size(m, "memory_total", 5 * 2**30),
                 start=m.duration("start", 0.0),
                 end=None if m.raw("end") is None else m.duration("end", 0.0),
+                utilization=busy,
+                sm_activity=_pattern_or(m, "sm_activity", busy),
+                tensor_activity=_pattern(m, "tensor_activity"),
             )
         )
         m.finish()
+    model = g.string("model", "NVIDIA A100-SXM4-40GB")
+    utilization = _pattern(g, "utilization")
     gpu = Gpu(
         index=index,
-        model=g.string("model", "NVIDIA A100-SXM4-40GB"),
+        model=model,
         memory_total=memory_total,
-        utilization=_pattern(g, "utilization"),
+        utilization=utilization,
         power_idle_watts=power.number("idle", 50.0, minimum=0.0),
         power_max_watts=power.number("max", 400.0, minimum=0.0),
         memory_baseline=_size(g, "memory_baseline", 0),
@@ -264,6 +291,11 @@ def _gpu(g: Reader, position: int) -> Gpu:
         faults=_faults(g, "faults"),
         uuid=g.string("uuid", ""),
         last_active=None if g.raw("last_active") is None else g.number("last_active", 0.0, maximum=0.0),
+        gpm=g.boolean("gpm", any(name in model for name in GPM_MODELS)),
+        sm_activity=_pattern_or(g, "sm_activity", utilization),
+        tensor_activity=_pattern(g, "tensor_activity"),
+        dram_activity=_pattern(g, "dram_activity"),
+        sm_occupancy=_pattern(g, "sm_occupancy"),
     )
     power.finish()
     g.finish()

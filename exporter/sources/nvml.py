@@ -18,6 +18,7 @@ from typing import Any
 
 from exporter.clock import Clock
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, ProcessReading, SourceReport
+from exporter.sources.nvml_gpm import GpmResult, GpmSampler, GpmState, GpmTarget
 from exporter.sources.procfs import ProcessFacts, ProcessFactsReader, process_reading
 from exporter.workers import SerialDaemonExecutor
 
@@ -81,6 +82,8 @@ class _Device:
     samples_read_at: float | None = None
     # How far back the driver's sample buffer reaches, seen on whole-buffer reads and overflows.
     buffer_span_seconds: float | None = None
+    gpm_target: GpmTarget | None = None  # None: not sampled (a MIG parent, an unreadable GPU)
+    gpm: GpmState = field(default_factory=GpmState)
 
 
 class NvmlSource:
@@ -120,6 +123,7 @@ class NvmlSource:
         self._all_lost_polls = 0
         self._next_inventory = 0.0
         self._reinit_delay = retry_initial
+        self._gpm = GpmSampler(clock)
 
     async def start(self) -> None:
         """Initialise NVML on the worker thread; failure is logged and retried by `poll`."""
@@ -180,6 +184,8 @@ class NvmlSource:
 
     def _shutdown(self) -> None:
         if self._initialised and self._nvml is not None:
+            for dev in self._devices:
+                self._gpm.free(self._nvml, dev.gpm)
             try:
                 self._nvml.nvmlShutdown()
             except Exception as exc:
@@ -232,7 +238,8 @@ class NvmlSource:
             price_units=free / total_slices if migs else 1.0,
             mig_parent=bool(migs),
         )
-        return [_Device(handle, identity, mig_enabled=bool(migs), index=index), *migs]
+        gpu = _Device(handle, identity, mig_enabled=bool(migs), index=index, gpm_target=GpmTarget(name, handle))
+        return [gpu, *migs]
 
     def _set_devices(self, devices: list[_Device]) -> None:
         self._devices = devices
@@ -272,6 +279,9 @@ class NvmlSource:
                     nvml.nvmlDeviceRegisterEvents(dev.handle, nvml.nvmlEventTypeXidCriticalError, self._event_set)
                 except nvml.NVMLError as exc:
                     log.debug("XID events not available on %s: %s", dev.identity.device, exc)
+        for dev in self._devices:
+            if dev not in merged:
+                self._gpm.free(nvml, dev.gpm)  # a destroyed MIG instance or unplugged GPU
         self._set_devices(merged)
 
     def _reidentify(self) -> None:
@@ -340,7 +350,8 @@ class NvmlSource:
                 physical=False,
                 price_units=min(slices, total_slices) / total_slices,
             )
-            children.append(_Device(mig, identity, is_mig=True, slices=min(slices, total_slices)))
+            target = GpmTarget(identity.device, handle, gi)  # sampled through the parent GPU's handle
+            children.append(_Device(mig, identity, is_mig=True, slices=min(slices, total_slices), gpm_target=target))
         return total_slices, children
 
     def _register_events(self) -> None:
@@ -399,6 +410,7 @@ class NvmlSource:
                     )
                     dev.lost = True
                 dev.last_seen_us = None  # history after a loss is not trustworthy
+                self._gpm.free(self._nvml, dev.gpm)  # nor a GPM sample from before it
                 dev.last_poll = self._clock.monotonic()  # this interval is accounted as down
                 readings_list.append(DeviceReading(identity=dev.identity, up=False))
             except Exception as exc:  # an answer nobody foresaw must not hide the other GPUs
@@ -486,6 +498,10 @@ class NvmlSource:
             # Read last: it consumes samples from the buffer, and a failure in any read above must
             # leave them there for the next poll.
             busy, covered, utilization = self._activity(dev, errors, now)
+        gpm = self._read_gpm(dev, errors, now)
+        if dev.is_mig and gpm is not None:
+            # NVML has no utilization for MIG instances; GPM's graphics activity is their busy time.
+            busy, covered, utilization = gpm.graphics_seconds, gpm.reading.covered_seconds, gpm.graphics_activity
         dev.last_poll = now
         return DeviceReading(
             identity=dev.identity,
@@ -498,7 +514,18 @@ class NvmlSource:
             power_watts=power,
             energy_joules=energy,
             processes=processes,
+            gpm=gpm.reading if gpm is not None else None,
         )
+
+    def _read_gpm(self, dev: _Device, errors: Counter[str], now: float) -> GpmResult | None:
+        """SM, tensor and DRAM activity through GPM where the GPU has it (nvml_gpm.py)."""
+        if dev.gpm_target is None or dev.mig_enabled:
+            return None  # a MIG parent's activity is its instances'
+        nvml = self._nvml
+        try:
+            return self._gpm.read(nvml, dev.gpm, dev.gpm_target, errors, now)
+        except (nvml.NVMLError_GpuIsLost, nvml.NVMLError_Unknown) as exc:
+            raise DeviceLost(_reason(exc)) from None
 
     def _memory(self, dev: _Device, errors: Counter[str]) -> tuple[int, int] | None:
         nvml = self._nvml
