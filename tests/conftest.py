@@ -69,11 +69,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 SLOW_MODULES = frozenset(
     {
         "test_alerts_promtool",
+        "test_attribution_bounds",
         "test_context_aws_pricing",
+        "test_core_daemon",
+        "test_core_gpu_scripts",
         "test_core_promtool",
         "test_core_slow_poll",
         "test_e2e_bundle",
+        "test_gpm_accounting",
         "test_money_demo",
+        "test_neuron_source",
         "test_packaging",
         "test_reliability_faults",
         "test_reliability_fuzz",
@@ -81,7 +86,10 @@ SLOW_MODULES = frozenset(
         "test_reliability_signals",
         "test_reliability_soak",
         "test_reliability_storm",
+        "test_state_idle_clock",
         "test_suite_tools",
+        "test_web_auth_flood",
+        "test_web_connections",
     }
 )
 
