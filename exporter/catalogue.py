@@ -308,3 +308,17 @@ STATES: tuple[str, ...] = (ACTIVE, IDLE_HELD, IDLE_FREE)
 def spec(name: str) -> MetricSpec:
     """Return the catalogue entry for `name`; a KeyError names a metric missing from the catalogue."""
     return BY_NAME[name]
+
+
+def counter_problem(name: str, label_names: tuple[str, ...]) -> str | None:
+    """Why a source's counter increment cannot be exposed (None when it can): checked where it
+    enters the ledger, so one misspelled name is refused and counted instead of failing every render."""
+    entry = BY_NAME.get(name)
+    if entry is None:
+        return f"{name} is not in the metric catalogue"
+    if entry.type != "counter":
+        return f"{name} is a {entry.type}, not a counter"
+    unknown = [label for label in label_names if label not in entry.labels]
+    if unknown:
+        return f"{name} has no label {', '.join(unknown)}"
+    return None

@@ -371,3 +371,32 @@ def test_every_metric_is_in_the_catalogue_once() -> None:
 
     twice = [name for name, count in Counter(spec.name for spec in CATALOGUE).items() if count > 1]
     assert twice == []
+
+
+def test_a_counter_outside_the_catalogue_is_refused_at_ingest_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """One misspelled name from a source must not make every later render fail."""
+    from exporter.accounting.ledger import Ledger
+    from exporter.config.model import AccountingSettings
+    from exporter.context.attribution import RuleAttributor
+    from exporter.context.model import HostContext, HostIdentity, PriceQuote
+    from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, SourceReport
+
+    identity = HostIdentity(provider="aws", instance_type="p4d.24xlarge", source="demo")
+    context = HostContext(identity, PriceQuote(None, "none"), RuleAttributor(AttributionSettings()))
+    counters = (
+        CounterDelta("accel_nvidia_xid_errors_total", (("xid", "79"),), 1.0),
+        CounterDelta("accel_nvidia_xid_error_total", (("xid", "79"),), 1.0),  # misspelled
+        CounterDelta("accel_power_watts", (), 5.0),  # a gauge
+        CounterDelta("accel_nvidia_xid_errors_total", (("code", "79"),), 1.0),  # no such label
+    )
+    reading = DeviceReading(DeviceIdentity("nvidia0", "GPU-0", "nvidia", "A100", "gpu"), up=True, counters=counters)
+    ledger = Ledger(AccountingSettings())
+    for now in (0.0, 5.0):
+        ledger.ingest(SourceReport("nvml", (reading,), True, 0.0, now), context, now)
+    families = {f.name: f for f in build_families(ledger.snapshot(5.0))}  # renders: nothing raises
+    xid = [(s.labels["xid"], s.value) for s in families["accel_nvidia_xid_errors"].samples]
+    assert xid == [("79", 2.0)]
+    errors = {(s.labels["collector"], s.labels["reason"]): s.value for s in families["accel_exporter_errors"].samples}
+    assert errors[("nvml", "unknown_metric")] == 6.0  # three refused increments, twice
+    refusals = [r.message for r in caplog.records if "counter refused" in r.message]
+    assert len(refusals) == 3  # each problem logged once

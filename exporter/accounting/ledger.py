@@ -6,6 +6,7 @@ the end of it, so dollars always equal price x seconds exactly, whatever the pol
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,11 +24,14 @@ from exporter.accounting.snapshot import (
     Snapshot,
 )
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, NO_STATE, classify
+from exporter.catalogue import counter_problem
 from exporter.config.model import AccountingSettings
 from exporter.context.device_price import device_prices
 from exporter.context.labels import sanitize_label
 from exporter.context.model import UNASSIGNED, Attributor, HostContext, HostIdentity, Owner, PodFacts, PriceQuote
 from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
+
+log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
 USER_LABEL_LENGTH = 64
@@ -89,6 +93,7 @@ class Ledger:
         self._version = 0
         self._device_pods: DevicePods | None = None
         self._config_reload: ConfigReloadSnapshot | None = None
+        self._refused: set[str] = set()  # counter problems already logged
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
@@ -162,6 +167,13 @@ class Ledger:
         last = self._config_reload.last_success_timestamp if self._config_reload else None
         self._config_reload = ConfigReloadSnapshot(success, timestamp if success else last)
 
+    def _refuse_counter(self, collector: str, problem: str) -> None:
+        """A source offered a counter the catalogue does not define: count it, log it once."""
+        self.count_error(collector, "unknown_metric")
+        if problem not in self._refused:
+            self._refused.add(problem)
+            log.error("collector %s: counter refused, %s (a bug in the source: please report it)", collector, problem)
+
     def count_error(self, collector: str, reason: str, count: int = 1) -> None:
         """Add to accel_exporter_errors_total{collector, reason}."""
         key = (collector, reason)
@@ -207,6 +219,10 @@ class Ledger:
         self._energy(book, reading.energy_joules)
         book.processes, book.owner = self._owners(reading, host, attributor)
         for delta in reading.counters:
+            problem = counter_problem(delta.metric, tuple(label for label, _ in delta.labels))
+            if problem is not None:
+                self._refuse_counter(collector, problem)
+                continue
             key = (delta.metric, delta.labels)
             book.counters[key] = book.counters.get(key, 0.0) + delta.value
         price = self._prices.get(name)
