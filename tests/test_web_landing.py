@@ -153,6 +153,14 @@ def test_fully_sliced_mig_parent_neuron_cores_and_no_devices() -> None:
     assert "first poll has not finished" in render_landing(None, LandingSettings())
 
 
+def test_linked_docs_and_dashboards_exist_in_the_repository() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / path).is_file() for _, path in landing.DOCS)
+    assert any((root / landing.DASHBOARDS_PATH).glob("*.json"))
+    alerts = (root / "alerts" / "accel-cost.alerts.yml").read_text()
+    assert f"{landing.REPOSITORY_URL}/blob/main/docs/runbook.md" in alerts  # the same repository as the runbooks
+
+
 def test_failed_config_reload_is_shown() -> None:
     page = render_landing(snapshot(config_reload=ConfigReloadSnapshot(False, None)), LandingSettings())
     assert "the last reload failed" in page and "last success never" in page
