@@ -149,7 +149,7 @@ def test_fully_sliced_mig_parent_neuron_cores_and_no_devices() -> None:
     assert "(mig)" in text and "neuroncore0 (neuroncore)" in text
     assert "Accelerators $8.00/h" in text  # the parent adds nothing
     empty = text_of(render_landing(snapshot(), LandingSettings()))
-    assert "No accelerators found on this host." in empty and "Accelerators no price" in empty
+    assert "No accelerators found on this host." in empty and "Accelerators no priced device" in empty
     assert "first poll has not finished" in render_landing(None, LandingSettings())
 
 

@@ -212,8 +212,11 @@ def _rates(snapshot: Snapshot, settings: LandingSettings) -> str:
             f"what falls short of the {target} target",
         ),
     )
+    # A priced host whose devices carry no price yet (none found, or all fully sliced) is not unpriced.
+    unknown = "no priced device" if snapshot.price.known else "no price"
     body = "".join(
-        f'<div class="card">{name}<b>{_money(value)}</b><span class="muted">{_e(meaning)}</span></div>'
+        f'<div class="card">{name}<b>{unknown if value is None else _money(value)}</b>'
+        f'<span class="muted">{_e(meaning)}</span></div>'
         for name, value, meaning in cards
     )
     return f'<h2>Cost rate</h2><div class="cards">{body}</div>'
