@@ -25,6 +25,7 @@ from exporter.readings import SourceReport
 from exporter.reload import prepare_config
 from exporter.sources.base import Source
 from exporter.sources.procfs import ProcFs
+from exporter.web.landing import LandingSettings
 from exporter.web.server import build_app, parse_listen_address
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,9 @@ class Daemon:
             self._web_watcher = WebConfigWatcher(self.options.web_config_file)
             ssl_context = self._web_watcher.ssl_context()
             middlewares.append(make_auth_middleware(self._web_watcher))
-        app = build_app(self.cache, lambda: self._ready, self.options.telemetry_path, middlewares)
+        app = build_app(
+            self.cache, lambda: self._ready, self.options.telemetry_path, middlewares, self._landing_settings
+        )
         # Probes and scrapes must stay responsive while idle or slow clients hold connections.
         self._runner = web.AppRunner(
             app,
@@ -269,6 +272,10 @@ class Daemon:
             self.options.telemetry_path,
             "https" if ssl_context else "http",
         )
+
+    def _landing_settings(self) -> LandingSettings:
+        """What the landing page needs from the configuration in force (it may change on a reload)."""
+        return LandingSettings(self.options.telemetry_path, self.config.accounting.target_utilization)
 
     async def _start_context(self) -> None:
         assert self.provider is not None

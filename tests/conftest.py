@@ -31,6 +31,7 @@ EXTERNAL_TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
     "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
     "systemd-analyze": (("systemd-analyze",), "systemd"),
     "kubectl": (("kubectl",), "kubectl"),
+    "chromium": (("chromium", "chromium-browser"), "chromium"),
 }
 # A developer may run a subset without the tools; CI never may.
 OPTIONAL_TOOLS_ENV = "ACCEL_TEST_TOOLS"

@@ -80,6 +80,14 @@ def test_wrong_or_missing_password_is_refused(tls_exporter: tuple[int, ssl.SSLCo
     assert status == 401 and b"accel_" not in body
 
 
+def test_landing_page_is_behind_tls_and_the_password_too(tls_exporter: tuple[int, ssl.SSLContext]) -> None:
+    port, client = tls_exporter
+    status, body = _get(port, client, "/", ("prometheus", "s3cret"))
+    assert status == 200 and b"<h2>Devices</h2>" in body and b"p4d.24xlarge" in body
+    status, body = _get(port, client, "/", None)
+    assert status == 401 and b"p4d.24xlarge" not in body
+
+
 def test_plain_http_gets_no_metrics(tls_exporter: tuple[int, ssl.SSLContext]) -> None:
     port, _ = tls_exporter
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import ssl
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import trustme
 
 from exporter.web.webconfig import (
+    _TOP_KEYS,
     TLSConfig,
     WebConfig,
     WebConfigInvalid,
@@ -182,3 +184,48 @@ def test_htpasswd_style_2y_hashes_are_accepted(tmp_path: Path) -> None:
 )
 def test_parse_basic_auth(header: str | None, expected: tuple[str, bytes] | None) -> None:
     assert parse_basic_auth(header) == expected
+
+
+def test_tls_file_problems_are_listed_with_the_other_problems(certs: Path) -> None:
+    # Issue 16 item 9: a bad key elsewhere used to hide every certificate problem, and a
+    # certificate that does not load hid a client CA that does not load either.
+    path = write(
+        certs / "web.yml",
+        "tls_server_config:\n"
+        "  cert_file: missing.crt\n"
+        "  key_file: tls.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n"
+        "  client_ca_file: missing-ca.crt\n"
+        "basic_auth_users: {prometheus: hunter2}\n"
+        "colour: blue\n",
+    )
+    with pytest.raises(WebConfigInvalid) as info:
+        load_web_config(path)
+    message = str(info.value)
+    assert message.startswith(f"web config {path}: 4 problems:\n")
+    lines = message.splitlines()[1:]
+    assert len(lines) == 4 and all(line.startswith("  - ") for line in lines), message
+    assert any("colour: unknown key" in line for line in lines)
+    assert any("basic_auth_users.prometheus: not a bcrypt hash" in line for line in lines)
+    assert any("cert_file/key_file: cannot load" in line and "missing.crt" in line for line in lines)
+    assert any("client_ca_file: cannot load" in line and "missing-ca.crt" in line for line in lines)
+    assert info.value.errors == [line[4:] for line in lines]
+
+
+def test_every_special_file_is_named(certs: Path) -> None:
+    os.mkfifo(certs / "cert.fifo")
+    os.mkfifo(certs / "key.fifo")
+    path = write(certs / "web.yml", "tls_server_config: {cert_file: cert.fifo, key_file: key.fifo}\n")
+    with pytest.raises(WebConfigInvalid) as info:
+        load_web_config(path)
+    assert len(info.value.errors) == 2
+    assert "cert_file" in info.value.errors[0] and "key_file" in info.value.errors[1]
+    assert all("FIFO (named pipe), not a regular file" in error for error in info.value.errors)
+
+
+def test_one_problem_stays_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "web.yml", "colour: blue\n")
+    with pytest.raises(WebConfigInvalid) as info:
+        load_web_config(path)
+    assert str(info.value) == f"web config {path}: colour: unknown key; allowed here: {', '.join(_TOP_KEYS)}"
+    assert info.value.errors == [str(info.value).split(": ", 1)[1]]

@@ -127,3 +127,8 @@ class RenderCache:
     def openmetrics(self) -> Rendered | None:
         """OpenMetrics 1.0.0, or None before the first snapshot."""
         return self._openmetrics
+
+    @property
+    def latest(self) -> Snapshot | None:
+        """The latest published snapshot, rendered or not (the landing page reads it)."""
+        return self._latest

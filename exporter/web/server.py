@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web, web_response
 
-from exporter import __version__
 from exporter.exposition.render import RenderCache, Rendered
+from exporter.web.landing import LandingPage, LandingSettings
 
 SERVER_HEADER = "accel-cost-exporter"  # no versions: they help only someone looking for a known bug
 Middleware = Callable[..., Any]
@@ -67,8 +66,13 @@ def build_app(
     is_ready: Callable[[], bool],
     telemetry_path: str = "/metrics",
     middlewares: Sequence[Middleware] = (),
+    landing_settings: Callable[[], LandingSettings] | None = None,
 ) -> web.Application:
-    """The application; `cache` holds the rendered bytes, `is_ready` says whether a poll finished."""
+    """The application; `cache` holds the rendered bytes, `is_ready` says whether a poll finished.
+
+    `landing_settings` gives the landing page what is not in the snapshot (the waste target
+    may change on a config reload); by default the telemetry path and the default target.
+    """
 
     async def metrics(request: web.Request) -> web.Response:
         rendered: Rendered | None = await cache.get(openmetrics=_wants_openmetrics(request.headers.get("Accept", "")))
@@ -80,16 +84,13 @@ def build_app(
             return web.Response(body=rendered.gzipped, headers=headers)
         return web.Response(body=rendered.body, headers=headers)
 
+    page = LandingPage(
+        lambda: cache.latest, landing_settings or (lambda: LandingSettings(telemetry_path=telemetry_path))
+    )
+
     async def landing(request: web.Request) -> web.Response:
-        path = html.escape(telemetry_path)
-        page = (
-            "<!DOCTYPE html><html><head><title>accel-cost-exporter</title></head><body>"
-            "<h1>accel-cost-exporter</h1>"
-            "<p>Live accelerator cost, idle spend and waste for Prometheus.</p>"
-            f'<ul><li><a href="{path}">Metrics</a></li><li><a href="/-/healthy">Health</a></li>'
-            f'<li><a href="/-/ready">Readiness</a></li></ul><p>Version {html.escape(__version__)}</p></body></html>'
-        )
-        return web.Response(text=page, content_type="text/html")
+        # Rendered at most once per snapshot; the same bytes for every visitor until the next poll.
+        return web.Response(body=page.body(), content_type="text/html", charset="utf-8")
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="OK\n")

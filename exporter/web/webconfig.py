@@ -38,7 +38,7 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,7 +101,23 @@ _UNVERIFIED_AUTH = {
 
 
 class WebConfigInvalid(Exception):
-    """The web config file is unusable; the message names the file, each bad key and the fix."""
+    """The web config file is unusable; the message names the file, each bad key and the fix.
+
+    `errors` lists each problem as one line. Like the main
+    configuration's ConfigInvalid, one problem is said on one line and several as a list.
+    """
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors) or [message]
+
+    @classmethod
+    def listing(cls, file: Path, errors: Sequence[str]) -> WebConfigInvalid:
+        """Every problem of `file`, each on its own line when there are several."""
+        if len(errors) == 1:
+            return cls(f"web config {file}: {errors[0]}", errors)
+        items = "\n".join(f"  - {error}" for error in errors)
+        return cls(f"web config {file}: {len(errors)} problems:\n{items}", errors)
 
 
 @dataclass(frozen=True)
@@ -167,14 +183,16 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     except (ValueError, OverflowError, RecursionError) as exc:
         # Values no validator expects (integers of thousands of digits, absurd nesting).
         raise WebConfigInvalid(f"web config {file}: unusable value: {str(exc)[:120]}") from None
-    if not errors and config.tls is not None:
-        try:
-            build_ssl_context(config.tls)
-            _check_versions_negotiable(config.tls)
-        except WebConfigInvalid as exc:
-            errors.append(str(exc))
+    if config.tls is not None:
+        # The certificate files are checked even when other keys are wrong: every problem at once.
+        errors += _tls_file_problems(config.tls)
+        if not errors:
+            try:
+                _check_versions_negotiable(config.tls)
+            except WebConfigInvalid as exc:
+                errors.append(str(exc))
     if errors:
-        raise WebConfigInvalid(f"web config {file}: " + "; ".join(errors))
+        raise WebConfigInvalid.listing(file, errors)
     if config.tls is not None:
         _warn_if_not_valid_now(config.tls.cert_file)
     return config
@@ -349,11 +367,31 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return context
 
 
-def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
-    """Load `tls` into `context` (new handshakes use it; connections already open keep theirs)."""
-    for key, file in (("cert_file", tls.cert_file), ("key_file", tls.key_file), ("client_ca_file", tls.client_ca_file)):
-        if file is not None:
+def _tls_file_problems(tls: TLSConfig) -> list[str]:
+    """Every TLS file of `tls` that does not load, each as one message (empty when all load)."""
+    problems = []
+    for key, file in _tls_files(tls):
+        try:
             _refuse_special_file(f"tls_server_config.{key}", file)
+        except WebConfigInvalid as exc:
+            problems.append(str(exc))
+    if problems:
+        return problems  # OpenSSL would block reading a FIFO: open none of them
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for load in (_load_cert_chain, _load_client_ca):
+        try:
+            load(scratch, tls)
+        except WebConfigInvalid as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _tls_files(tls: TLSConfig) -> list[tuple[str, Path]]:
+    named = (("cert_file", tls.cert_file), ("key_file", tls.key_file), ("client_ca_file", tls.client_ca_file))
+    return [(key, file) for key, file in named if file is not None]
+
+
+def _load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
@@ -361,13 +399,25 @@ def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
             f"tls_server_config.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: "
             f"{_ssl_reason(exc)}; check both exist, are PEM, readable, and that the key matches the certificate"
         ) from None
-    if tls.client_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise WebConfigInvalid(
-                f"tls_server_config.client_ca_file: cannot load {tls.client_ca_file}: {_ssl_reason(exc)}"
-            ) from None
+
+
+def _load_client_ca(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    if tls.client_ca_file is None:
+        return
+    try:
+        context.load_verify_locations(cafile=tls.client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise WebConfigInvalid(
+            f"tls_server_config.client_ca_file: cannot load {tls.client_ca_file}: {_ssl_reason(exc)}"
+        ) from None
+
+
+def _apply_tls(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    """Load `tls` into `context` (new handshakes use it; connections already open keep theirs)."""
+    for key, file in _tls_files(tls):
+        _refuse_special_file(f"tls_server_config.{key}", file)
+    _load_cert_chain(context, tls)
+    _load_client_ca(context, tls)
     # Python's ssl cannot ask for a client certificate without verifying it, so the two
     # "unverified" modes are served as their verified counterparts against client_ca_file.
     auth = _UNVERIFIED_AUTH.get(tls.client_auth_type, tls.client_auth_type)
