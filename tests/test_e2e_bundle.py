@@ -576,6 +576,59 @@ def test_rightsizing_on_the_idle_p4d(stack: Stack) -> None:
     assert saving == pytest.approx((held - needed) * price / held * 720)
 
 
+def test_every_dashboard_variable_has_values(stack: Stack) -> None:
+    for path in sorted(GRAFANA.glob("*.json")):
+        for var in json.loads(path.read_text())["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
+            assert m, var["definition"]
+            params = urllib.parse.urlencode({"match[]": substitute(m.group(1))})
+            body = json.loads(http_get(f"{stack.prometheus}/api/v1/label/{m.group(2)}/values?{params}")[1])
+            assert body["data"], f"{path.name}: variable {var['name']} has no values"
+            # The unpriced host has no cost series; its teams must still be offered.
+            unpriced = stack.exporters[UNPRICED][0]  # a regex matching itself: dots match dots
+            params = urllib.parse.urlencode({"match[]": substitute(m.group(1), instance=unpriced)})
+            body = json.loads(http_get(f"{stack.prometheus}/api/v1/label/{m.group(2)}/values?{params}")[1])
+            assert body["data"], f"{path.name}: variable {var['name']} has no values for the unpriced host"
+
+
+def test_derived_alert_reaches_webhook_through_routing(stack: Stack) -> None:
+    p4d = stack.exporters["p4d-idle-fleet"][0]
+
+    def idle_delivered() -> list[tuple[str, dict[str, str]]]:
+        return [
+            (r, labels)
+            for r, labels in stack.webhook.alerts()
+            if labels.get("alertname") == "AcceleratorIdle" and labels.get("instance") == p4d
+        ]
+
+    delivered = wait_for("AcceleratorIdle at the webhook", idle_delivered, 45, stack.procs)
+    # GPUs 0 and 1 of the p4d scenario have no process; their owner comes from the instance's Team
+    # tag (ml-platform), which has no route of its own, so the root receiver (finops) gets them.
+    assert {labels["device"] for _, labels in delivered} <= {"nvidia0", "nvidia1"}
+    assert {r for r, _ in delivered} == {"finops"}
+    assert [
+        labels for _, labels in delivered if labels.get("team") != "ml-platform" or labels["e2e"] != "derived"
+    ] == []
+
+    wait_for(
+        "AcceleratorAbandoned at the webhook",
+        lambda: [1 for _, labels in stack.webhook.alerts() if labels.get("alertname") == "AcceleratorAbandoned"],
+        30,
+        stack.procs,
+    )
+
+    # Info alerts reach Alertmanager but notify nobody (the "null" receiver).
+    def fleet_alert_in_am() -> bool:
+        alerts = json.loads(http_get(f"{stack.alertmanager}/api/v2/alerts")[1])
+        return any(a["labels"].get("alertname") == "AcceleratorFleetUnderutilized" for a in alerts)
+
+    wait_for("AcceleratorFleetUnderutilized in Alertmanager", fleet_alert_in_am, 30, stack.procs)
+    time.sleep(3)  # more than group_wait: had it been routed to a webhook, it would be here now
+    assert not [1 for _, labels in stack.webhook.alerts() if labels.get("severity") == "info"]
+
+
 def test_gpm_panels_show_the_spinning_kernel(stack: Stack) -> None:
     """h100-gpm's GPU 4 runs one small kernel: 100 % utilization, 3 % SM activity, no tensor work.
 
@@ -641,59 +694,6 @@ def test_busy_without_sm_activity_names_the_spinning_gpu(stack: Stack) -> None:
     (alert,) = wait_for("AcceleratorBusyWithoutSmActivity in Alertmanager", in_alertmanager, 30, stack.procs)
     assert [r["name"] for r in alert["receivers"]] == ["null"]
     assert alert["labels"]["severity"] == "info" and alert["labels"]["team"]
-
-
-def test_every_dashboard_variable_has_values(stack: Stack) -> None:
-    for path in sorted(GRAFANA.glob("*.json")):
-        for var in json.loads(path.read_text())["templating"]["list"]:
-            if var["type"] != "query":
-                continue
-            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
-            assert m, var["definition"]
-            params = urllib.parse.urlencode({"match[]": substitute(m.group(1))})
-            body = json.loads(http_get(f"{stack.prometheus}/api/v1/label/{m.group(2)}/values?{params}")[1])
-            assert body["data"], f"{path.name}: variable {var['name']} has no values"
-            # The unpriced host has no cost series; its teams must still be offered.
-            unpriced = stack.exporters[UNPRICED][0]  # a regex matching itself: dots match dots
-            params = urllib.parse.urlencode({"match[]": substitute(m.group(1), instance=unpriced)})
-            body = json.loads(http_get(f"{stack.prometheus}/api/v1/label/{m.group(2)}/values?{params}")[1])
-            assert body["data"], f"{path.name}: variable {var['name']} has no values for the unpriced host"
-
-
-def test_derived_alert_reaches_webhook_through_routing(stack: Stack) -> None:
-    p4d = stack.exporters["p4d-idle-fleet"][0]
-
-    def idle_delivered() -> list[tuple[str, dict[str, str]]]:
-        return [
-            (r, labels)
-            for r, labels in stack.webhook.alerts()
-            if labels.get("alertname") == "AcceleratorIdle" and labels.get("instance") == p4d
-        ]
-
-    delivered = wait_for("AcceleratorIdle at the webhook", idle_delivered, 45, stack.procs)
-    # GPUs 0 and 1 of the p4d scenario have no process; their owner comes from the instance's Team
-    # tag (ml-platform), which has no route of its own, so the root receiver (finops) gets them.
-    assert {labels["device"] for _, labels in delivered} <= {"nvidia0", "nvidia1"}
-    assert {r for r, _ in delivered} == {"finops"}
-    assert [
-        labels for _, labels in delivered if labels.get("team") != "ml-platform" or labels["e2e"] != "derived"
-    ] == []
-
-    wait_for(
-        "AcceleratorAbandoned at the webhook",
-        lambda: [1 for _, labels in stack.webhook.alerts() if labels.get("alertname") == "AcceleratorAbandoned"],
-        30,
-        stack.procs,
-    )
-
-    # Info alerts reach Alertmanager but notify nobody (the "null" receiver).
-    def fleet_alert_in_am() -> bool:
-        alerts = json.loads(http_get(f"{stack.alertmanager}/api/v2/alerts")[1])
-        return any(a["labels"].get("alertname") == "AcceleratorFleetUnderutilized" for a in alerts)
-
-    wait_for("AcceleratorFleetUnderutilized in Alertmanager", fleet_alert_in_am, 30, stack.procs)
-    time.sleep(3)  # more than group_wait: had it been routed to a webhook, it would be here now
-    assert not [1 for _, labels in stack.webhook.alerts() if labels.get("severity") == "info"]
 
 
 def test_exporter_down_pages_platform(stack: Stack) -> None:
