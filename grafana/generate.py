@@ -87,13 +87,18 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class Target:
-    """One query of a panel; `priced` overrides `needs_price` for queries with a price-free branch."""
+    """One query of a panel; `priced` overrides `needs_price` for queries with a price-free branch.
+
+    `gpm`: the query reads NVML GPM series, which only Hopper and later GPUs have; it returns data
+    on GPM-capable hosts only, priced or not (see `gpm_queries`).
+    """
 
     expr: str
     legend: str = ""
     instant: bool = False
     table: bool = False
     priced: bool | None = None
+    gpm: bool = False
 
     @property
     def needs_price(self) -> bool:
@@ -213,6 +218,7 @@ class Layout:
 
     def __init__(self) -> None:
         self.price_free: list[str] = []  # expressions that must return data for an unpriced host
+        self.gpm: list[str] = []  # expressions with data only on GPM-capable hosts
         self.next_id = 1
         self.x = 0
         self.y = 0
@@ -233,7 +239,8 @@ class Layout:
     def panel(self, p: Panel) -> Json:
         pid = self.next_id
         self.next_id += 1
-        self.price_free.extend(t.expr for t in p.targets if not t.needs_price)
+        self.price_free.extend(t.expr for t in p.targets if not t.needs_price and not t.gpm)
+        self.gpm.extend(t.expr for t in p.targets if t.gpm)
         out: Json = {
             "id": pid,
             "type": p.type,
@@ -330,6 +337,7 @@ class Built:
 
     json: Json
     price_free: tuple[str, ...]
+    gpm: tuple[str, ...] = ()
 
 
 def dashboard_links(uid: str) -> list[Json]:
@@ -420,7 +428,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row], 
         "templating": templating(),
         "panels": panels,
     }
-    return Built(out, tuple(layout.price_free))
+    return Built(out, tuple(layout.price_free), tuple(layout.gpm))
 
 
 # --- shared queries ------------------------------------------------------------------------------
@@ -597,6 +605,105 @@ def effective_price_panel() -> Panel:
         "really costs.",
         "currencyUSD",
         [Target(effective_price_by_model(), legend="{{model}}", instant=True)],
+    )
+
+
+GPM_NOTE = (
+    "Only GPUs with NVML GPM (Hopper and later: H100, H200, B200) have SM and tensor activity; hosts with "
+    "older GPUs (A100, L4) or NeuronCores show nothing here, and neither does a host while DCGM profiling "
+    "holds the GPM counters (docs/gpm.md)."
+)
+GPM_DEVICES = f"accel_sm_active_seconds_total{{{F_DEV}}}"
+
+
+def activity_panel() -> Panel:
+    """Host detail: each GPM device's busy fraction beside its SM and tensor activity and occupancy."""
+    legend = "{{instance}} {{device}}"
+    return Panel(
+        "timeseries",
+        "Utilization, SM and tensor activity",
+        "Per GPU: utilization (kernel time, rate of accel_busy_seconds_total) beside SM activity (share of SMs "
+        "busy, rate of accel_sm_active_seconds_total), tensor activity (accel_tensor_active_seconds_total) and "
+        "SM occupancy (accel_sm_occupancy_ratio). A kernel on a few SMs reads 100 % utilization and a few % SM "
+        "activity: over 50 % busy with under 10 % SM activity for an hour fires AcceleratorBusyWithoutSmActivity. "
+        + GPM_NOTE,
+        "percentunit",
+        [
+            Target(
+                f"rate(accel_busy_seconds_total{{{F_DEV}}}[{RI}])\nand on (job, instance, device) {GPM_DEVICES}\n"
+                + TEAM_JOIN,
+                legend=f"{legend} utilization",
+                gpm=True,
+            ),
+            Target(
+                f"rate(accel_sm_active_seconds_total{{{F_DEV}}}[{RI}]) {TEAM_JOIN}", legend=f"{legend} SM", gpm=True
+            ),
+            Target(
+                f"rate(accel_tensor_active_seconds_total{{{F_DEV}}}[{RI}]) {TEAM_JOIN}",
+                legend=f"{legend} tensor",
+                gpm=True,
+            ),
+            Target(f"accel_sm_occupancy_ratio{{{F_DEV}}} {TEAM_JOIN}", legend=f"{legend} occupancy", gpm=True),
+        ],
+        defaults={"min": 0, "max": 1},
+    )
+
+
+def waste_basis_table() -> Panel:
+    """Host detail: what each priced device's waste is measured on (accel_waste_basis_info)."""
+    return Panel(
+        "table",
+        "Waste basis per device",
+        "What each priced device's waste (accel_waste_dollars_total) is measured on, from accel_waste_basis_info: "
+        "time (utilization, kernel time) or sm (SM activity through GPM, with accounting.waste_basis: sm on a GPU "
+        "that has GPM). A device spinning one small kernel wastes nothing on time and most of its price on sm.",
+        "short",
+        [Target(f"accel_waste_basis_info{{{F_DEV}}} {TEAM_JOIN}", instant=True, table=True, priced=True)],
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True},
+                    "indexByName": {"instance": 0, "device": 1, "basis": 2},
+                },
+            }
+        ],
+    )
+
+
+def gpm_by_model(counter: str) -> str:
+    """Mean rate of `counter` per GPU model over the GPM-capable whole GPUs (sum over count)."""
+    info = f'accel_device_info{{{F_DEV},kind="gpu"}}'
+    rate = f"rate({counter}{{{F_DEV}}}[{RI}])"
+    if counter != "accel_sm_active_seconds_total":
+        rate = f"({rate} and on (job, instance, device) {GPM_DEVICES})"
+    return (
+        "sum by (model) (\n"
+        f"  ({rate} {TEAM_JOIN})\n"
+        f"  * on (job, instance, device) group_left (model) {info}\n"
+        ")\n/\n"
+        "count by (model) (\n"
+        f"  ({GPM_DEVICES} {TEAM_JOIN})\n"
+        f"  * on (job, instance, device) group_left (model) {info}\n"
+        ")"
+    )
+
+
+def kernel_time_vs_sm_panel() -> Panel:
+    """Fleet overview: per GPU model, utilization of the GPM-capable GPUs beside their SM activity."""
+    return Panel(
+        "timeseries",
+        "Kernel time vs SM activity (GPM-capable models)",
+        "Per GPU model, over the selected GPUs that have GPM: mean utilization (kernel time, "
+        "accel_busy_seconds_total) and mean SM activity (accel_sm_active_seconds_total), each a sum over the "
+        "device count. A wide gap is GPUs held by kernels that use few SMs (small batches, polling kernels); "
+        "host detail shows which device. MIG instances are left out (their share of the GPU differs). " + GPM_NOTE,
+        "percentunit",
+        [
+            Target(gpm_by_model("accel_busy_seconds_total"), legend="{{model}} utilization", gpm=True),
+            Target(gpm_by_model("accel_sm_active_seconds_total"), legend="{{model}} SM activity", gpm=True),
+        ],
+        defaults={"min": 0, "max": 1},
     )
 
 
@@ -910,6 +1017,7 @@ def fleet_overview() -> Built:
                 [Target(f"sum by (state) (accel_state{{{F_DEV}}} {TEAM_JOIN})", legend="{{state}}")],
                 custom={"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 40},
             ),
+            kernel_time_vs_sm_panel(),
             money_series(
                 "Spend by team ($/h)",
                 "Hourly spend per team (team label of accel_cost_dollars_total).",
@@ -986,6 +1094,7 @@ def host_detail() -> Built:
                 ],
                 defaults={"min": 0, "max": 1},
             ),
+            activity_panel(),
             state_timeline(),
             Panel(
                 "timeseries",
@@ -1022,6 +1131,7 @@ def host_detail() -> Built:
                     )
                 ],
             ),
+            waste_basis_table(),
             processes_table(),
             Panel(
                 "table",
@@ -1242,6 +1352,11 @@ def render(name: str) -> str:
 def price_free_queries(name: str) -> tuple[str, ...]:
     """The queries of one dashboard that must return data for a host with price_source="none"."""
     return DASHBOARDS[name]().price_free
+
+
+def gpm_queries(name: str) -> tuple[str, ...]:
+    """The queries of one dashboard that read GPM series: data on Hopper and later GPUs only."""
+    return DASHBOARDS[name]().gpm
 
 
 HERE = Path(__file__).resolve().parent

@@ -35,6 +35,7 @@ MONEY_ALERTS = {
     "AcceleratorLongRunningLowUtilization",
     "AcceleratorTeamIdleSpendHigh",
     "AcceleratorFleetUnderutilized",
+    "AcceleratorBusyWithoutSmActivity",
 }
 # Alerts allowed a `for` outside 0-1h, with the reason (documented in docs/alerts.md). None today.
 FOR_EXCEPTIONS: dict[str, str] = {}

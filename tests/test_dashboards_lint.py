@@ -273,13 +273,61 @@ def test_lint_can_fail() -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_only_money_panels_need_a_price(name: str) -> None:
-    """Utilization, state, idle and device panels must keep showing hosts with price_source="none"."""
-    price_free = set(generator().price_free_queries(name))
+    """Utilization, state, idle and device panels must keep showing hosts with price_source="none".
+
+    GPM queries are the exception the generator declares (`gpm_queries`): they have data on
+    Hopper and later GPUs only, priced or not; test_gpm_queries_read_gpm_series keeps that honest.
+    """
+    gen = generator()
+    price_free, gpm = set(gen.price_free_queries(name)), set(gen.gpm_queries(name))
     for p in panels(load(name)):
         if p["type"] == "row" or MONEY_TITLE_RE.search(p["title"]):
             continue
         for t in p["targets"]:
-            assert t["expr"] in price_free, f"{p['title']} [{t['refId']}] needs a cost series"
+            assert t["expr"] in price_free | gpm, f"{p['title']} [{t['refId']}] needs a cost series"
+
+
+GPM_METRIC_RE = re.compile(
+    r"\baccel_(?:sm_active|tensor_active|dram_active)_seconds_total\b|\baccel_sm_occupancy_ratio\b"
+)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_gpm_queries_read_gpm_series(name: str) -> None:
+    """A query may only be excused from the unpriced-host check for GPM if it reads GPM series and
+    its panel says that only GPM-capable GPUs have data."""
+    gpm = set(generator().gpm_queries(name))
+    for p in panels(load(name)):
+        for t in p.get("targets", []):
+            if t["expr"] in gpm:
+                assert GPM_METRIC_RE.search(t["expr"]), f"{p['title']} [{t['refId']}] is marked GPM but reads none"
+                assert "Hopper" in p["description"] and "GPM" in p["description"], p["title"]
+    assert GPM_METRIC_RE.search("rate(accel_sm_active_seconds_total[5m])")
+    assert not GPM_METRIC_RE.search("rate(accel_busy_seconds_total[5m])")
+
+
+def test_gpm_panels() -> None:
+    """Issue 14: SM and tensor activity beside utilization on host detail, per model on the fleet."""
+    by_title = {p["title"]: p for n in FILES for p in panels(load(n))}
+    host = by_title["Utilization, SM and tensor activity"]
+    assert host in panels(load("host-detail.json")) and host["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    exprs = [t["expr"] for t in host["targets"]]
+    for metric in ("accel_busy_seconds_total", "accel_sm_active_seconds_total", "accel_tensor_active_seconds_total"):
+        assert any(e.startswith(f"rate({metric}{{") for e in exprs), metric
+    assert "AcceleratorBusyWithoutSmActivity" in host["description"]
+
+    fleet = by_title["Kernel time vs SM activity (GPM-capable models)"]
+    assert fleet in panels(load("fleet-overview.json")) and fleet["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    busy, sm = (t["expr"] for t in fleet["targets"])
+    for expr in (busy, sm):
+        assert expr.startswith("sum by (model) (") and "\n/\ncount by (model) (" in expr
+        assert "group_left (model) accel_device_info{" in expr and 'kind="gpu"' in expr
+    # Utilization of the GPM-capable GPUs only: an A100 beside an H100 would skew the comparison.
+    assert "rate(accel_busy_seconds_total{" in busy and "and on (job, instance, device) accel_sm_active" in busy
+    assert "rate(accel_sm_active_seconds_total{" in sm
+
+    basis = by_title["Waste basis per device"]
+    assert basis["type"] == "table" and "accel_waste_basis_info{" in basis["targets"][0]["expr"]
 
 
 def test_price_classification_can_fail() -> None:
