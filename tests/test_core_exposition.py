@@ -197,15 +197,18 @@ async def test_a_failed_render_serves_the_previous_bytes(monkeypatch: pytest.Mon
     cache = RenderCache()
     first, second = snapshots(2)
     cache.publish(first)
-    good = await cache.get(openmetrics=False, gzipped=True)
-    assert good is not None
+    packed = await cache.get(openmetrics=False, gzipped=True)
+    plain = await cache.get(openmetrics=True, gzipped=False)
+    assert packed is not None and plain is not None
 
     def broken(self: render.Renderer, snapshot: Snapshot, openmetrics: bool) -> render.Rendered:
         raise ValueError("a bad snapshot")
 
     monkeypatch.setattr(render.Renderer, "plain", broken)
     cache.publish(second)
-    assert await cache.get(openmetrics=False, gzipped=True) is good
+    assert await cache.get(openmetrics=False, gzipped=True) is packed
+    # A variant never rendered falls back to the plain body of its format, which any client can read.
+    assert await cache.get(openmetrics=True, gzipped=True) is plain
 
 
 # --- HTTP ----------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class RenderCache:
         """The latest snapshot in one variant, rendering it on the render thread if nobody has yet.
 
         Concurrent scrapes of a new snapshot share one render. If rendering fails, the previous
-        bytes of that variant are served (and the error logged): a scrape never fails because of
+        bytes of that format are served (and the error logged): a scrape never fails because of
         one bad snapshot.
         """
         variant = (openmetrics, gzipped)
@@ -175,7 +175,8 @@ class RenderCache:
             rendered = await asyncio.shield(self._start(snapshot, variant))
         except Exception:
             log.exception("rendering snapshot %d failed; serving the previous one", snapshot.version)
-            return self._done.get(variant)
+            # A plain body is good for any client; a gzipped one only for a client that asked for gzip.
+            return self._done.get(variant) or self._done.get((openmetrics, False))
         return self._keep(rendered)
 
     def _start(self, snapshot: Snapshot, variant: Variant) -> asyncio.Future[tuple[Rendered, Rendered]]:
