@@ -7,15 +7,19 @@ For each configuration (GPUs x poll interval x scrape interval) this starts, at 
   headers (OpenMetrics preferred, gzip) over one keep-alive connection;
 - the floor: a bare loop (`scrape_cadence.py floor`) that makes only the driver calls for the same
   data, through the same pynvml-compatible simulator, at the same poll interval and with the same
-  spacing of the two expensive reads (sample buffer, energy counter) as the NVML source.
+  spacing of the two expensive reads (sample buffer, energy counter) as the NVML source. On the
+  Neuron host (`--gpus 0`) the floor reads the same simulated neuron-monitor's lines and only
+  `json.loads` them (the monitor processes themselves are counted on neither side).
 
 It prints exporter CPU / floor CPU (both measured over the same window, so load from other jobs
-on the machine hits both), scrape p50/p99/max, body bytes and RSS. Run each configuration a few
+on the machine hits both; from each thread's schedstat, in ns, since clock ticks are too coarse
+for a few ms a second), scrape p50/p99/max, body bytes and RSS. Run each configuration a few
 times (`--repeat`) on a shared machine and report the range.
 
     .venv/bin/python bench/scrape_cadence.py                      # the whole matrix, 60 s per run
     .venv/bin/python bench/scrape_cadence.py --gpus 64 --poll 1 --scrape 1 --repeat 3
     .venv/bin/python bench/scrape_cadence.py --exporter-root /tmp/before  # an older checkout, for a before/after
+    .venv/bin/python bench/scrape_cadence.py --gpus 0 --poll 1 --scrape 1  # the Neuron host (trn1n-32-runtimes)
     .venv/bin/python bench/scrape_cadence.py render                # in process: render cost, old path vs kept lines
     .venv/bin/python bench/scrape_cadence.py gzip                  # size and CPU of gzip levels 1, 6, 9
     .venv/bin/python bench/scrape_cadence.py rss                   # RSS after each import
@@ -47,13 +51,16 @@ from bench._common import (  # noqa: E402
     FLEET_64,
     FLEET_64_CONFIG,
     Connection,
-    cpu_seconds,
+    cpu_seconds_precise,
     memory_kib,
     pct,
     start_demo_exporter,
 )
 
 SCENARIOS = {8: "p4d-idle-fleet", 64: str(FLEET_64)}
+# 32 runtimes on all 32 NeuronCores: neuron-monitor lines of about 0.35 MB from the simulator.
+NEURON_SCENARIO = ROOT / "bench" / "scenarios" / "trn1n-32-runtimes.yaml"
+NEURON_CONFIG = "neuron:\n  period: {period}s\n"
 
 
 # --- the floor -----------------------------------------------------------------------------------
@@ -100,6 +107,24 @@ def floor_loop(scenario_name: str, interval: float) -> None:
         time.sleep(max(0.0, next_tick - time.monotonic()))
 
 
+def neuron_floor_loop(scenario_name: str, interval: float) -> None:
+    """Read the simulated neuron-monitor's lines and json.loads each one, until killed: the Neuron floor."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "monitor.json"
+        config.write_text(json.dumps({"period": f"{interval:g}s"}))
+        argv = [sys.executable, "-m", "exporter.sim.neuron_monitor", "-c", str(config), "--scenario", scenario_name]
+        monitor = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert monitor.stdout is not None
+        try:
+            for line in monitor.stdout:
+                json.loads(line)
+        finally:
+            monitor.kill()
+            monitor.wait()
+
+
 # --- one configuration ---------------------------------------------------------------------------
 
 
@@ -117,6 +142,7 @@ class Run:
     floor_rss_kib: int
 
     def row(self) -> str:
+        """One Markdown table row."""
         ratio = self.exporter_cpu / self.floor_cpu if self.floor_cpu else float("inf")
         scrape = f"every {self.scrape:g} s" if self.scrape else "none"
         if self.latencies_ms:
@@ -125,7 +151,7 @@ class Run:
         else:
             lat = "— | — | —"
         return (
-            f"| {self.gpus} | {self.poll:g} s | {scrape} | {1000 * self.exporter_cpu / self.window:.1f} | "
+            f"| {self.gpus or 'Neuron: 32 cores, 0.35 MB lines'} | {self.poll:g} s | {scrape} | {1000 * self.exporter_cpu / self.window:.1f} | "
             f"{1000 * self.floor_cpu / self.window:.1f} | {ratio:.1f}× | {lat} | {self.body_bytes / 1024:.1f} | "
             f"{self.exporter_rss_kib / 1024:.1f} | {self.floor_rss_kib / 1024:.1f} |"
         )
@@ -158,17 +184,23 @@ async def scrape_every(port: int, period: float, until: float) -> tuple[list[flo
 
 
 def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: Path, config: Path) -> Run:
-    """One side-by-side run of the exporter and the floor."""
-    scenario = SCENARIOS[gpus]
-    extra = ["--config.file", str(config)] if gpus == 64 else []
+    """One side-by-side run of the exporter and the floor; `gpus` 0 is the Neuron host."""
+    if gpus:
+        scenario, floor_mode = SCENARIOS[gpus], "floor"
+        extra = ["--config.file", str(config)] if gpus == 64 else []
+    else:
+        scenario, floor_mode = str(NEURON_SCENARIO), "neuron-floor"
+        neuron_config = config.with_name("neuron.yml")
+        neuron_config.write_text(NEURON_CONFIG.format(period=f"{poll:g}"))
+        extra = ["--config.file", str(neuron_config)]
     floor = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "floor", "--scenario", scenario, "--interval", str(poll)],
+        [sys.executable, str(Path(__file__).resolve()), floor_mode, "--scenario", scenario, "--interval", str(poll)],
         cwd=ROOT,
     )
     exporter, port = start_demo_exporter(scenario, f"{poll:g}s", extra, root=root)
     try:
         time.sleep(max(3.0, 2 * poll))  # warm-up: both past their start and first polls
-        e0, f0, t0 = cpu_seconds(exporter.pid), cpu_seconds(floor.pid), time.perf_counter()
+        e0, f0, t0 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
         until = t0 + seconds
         if scrape:
             latencies, size = asyncio.run(scrape_every(port, scrape, until))
@@ -177,7 +209,7 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
         time.sleep(max(0.0, until - time.perf_counter()))
         if floor.poll() is not None:
             raise SystemExit(f"the floor loop exited with status {floor.returncode}; its error is above")
-        e1, f1, t1 = cpu_seconds(exporter.pid), cpu_seconds(floor.pid), time.perf_counter()
+        e1, f1, t1 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
         return Run(
             gpus,
             poll,
@@ -331,8 +363,12 @@ def rss_per_import(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="matrix", choices=["matrix", "floor", "render", "gzip", "rss"])
-    parser.add_argument("--gpus", type=int, nargs="+", choices=sorted(SCENARIOS), default=[8, 64])
+    parser.add_argument(
+        "mode", nargs="?", default="matrix", choices=["matrix", "floor", "neuron-floor", "render", "gzip", "rss"]
+    )
+    parser.add_argument(
+        "--gpus", type=int, nargs="+", choices=[0, *sorted(SCENARIOS)], default=[8, 64], help="0: the Neuron host"
+    )
     parser.add_argument("--poll", type=float, nargs="+", default=[1.0, 5.0], help="poll intervals, s")
     parser.add_argument("--scrape", type=float, nargs="+", default=[1.0, 15.0], help="scrape intervals, s (0: none)")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured window per run (default 60)")
@@ -344,6 +380,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "floor":
         floor_loop(args.scenario, args.interval)
+    elif args.mode == "neuron-floor":
+        neuron_floor_loop(args.scenario, args.interval)
     elif args.mode == "render":
         render_cost(args)
     elif args.mode == "gzip":
