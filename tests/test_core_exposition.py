@@ -362,13 +362,14 @@ async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
 
 async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    original = render.generate_latest
+    original = render.Renderer.plain
 
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return original(*args, **kwargs)
+    def recording(self: render.Renderer, snapshot: Snapshot, openmetrics: bool) -> render.Rendered:
+        if openmetrics:
+            threads.append(threading.current_thread().name)
+        return original(self, snapshot, openmetrics)
 
-    monkeypatch.setattr(render, "generate_latest", recording)
+    monkeypatch.setattr(render.Renderer, "plain", recording)
     clock = ManualClock()
     async with demo_daemon("p4d-idle-fleet", clock) as daemon:
         for _ in range(3):
@@ -381,6 +382,9 @@ async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
             # Ten concurrent scrapes of a new snapshot share one render.
             bodies = await asyncio.gather(*(daemon.cache.get(openmetrics=i % 2 == 0) for i in range(10)))
             assert all(b is not None for b in bodies)
+        clock.advance(5.0)
+        await daemon.poll_once()  # the last snapshot was scraped: the next one is still not rendered ahead
+        await asyncio.sleep(0)
     assert len(threads) == 3
     assert threading.current_thread().name not in threads
 
