@@ -47,6 +47,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/scrape_cadence.py
 	$(PY) bench/scrape_cadence.py render
+	$(PY) bench/scrape_cadence.py serve
 	$(PY) bench/scrape_cadence.py gzip
 	$(PY) bench/scrape_cadence.py rss
 	$(PY) bench/bench_scrape.py

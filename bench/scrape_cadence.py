@@ -21,6 +21,7 @@ times (`--repeat`) on a shared machine and report the range.
     .venv/bin/python bench/scrape_cadence.py --exporter-root /tmp/before  # an older checkout, for a before/after
     .venv/bin/python bench/scrape_cadence.py --gpus 0 --poll 1 --scrape 1  # the Neuron host (trn1n-32-runtimes)
     .venv/bin/python bench/scrape_cadence.py render                # in process: render cost, old path vs kept lines
+    .venv/bin/python bench/scrape_cadence.py serve                 # in process: whole scrapes over HTTP, new vs cached
     .venv/bin/python bench/scrape_cadence.py gzip                  # size and CPU of gzip levels 1, 6, 9
     .venv/bin/python bench/scrape_cadence.py rss                   # RSS after each import
 """
@@ -52,6 +53,7 @@ from bench._common import (  # noqa: E402
     FLEET_64_CONFIG,
     Connection,
     cpu_seconds_precise,
+    free_port,
     memory_kib,
     pct,
     start_demo_exporter,
@@ -329,6 +331,48 @@ def gzip_levels(args: argparse.Namespace) -> None:
             print(f"| {gpus} | {len(body) / 1024:.1f} | {level} | {size / 1024:.1f} | {cost:.2f} |", flush=True)
 
 
+async def _serve_cost(gpus: int, runs: int) -> tuple[float, float]:
+    """CPU ms per scrape through the real aiohttp app, in one process with its client: new snapshots, cached bytes."""
+    from aiohttp import web
+
+    from exporter.exposition.render import RenderCache
+    from exporter.web.server import build_app
+
+    snaps = await _snapshots(gpus, runs + 1)
+    cache = RenderCache()
+    runner = web.AppRunner(build_app(cache, lambda: True), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    connection = Connection(port)
+    await connection.open()
+    try:
+        cache.publish(snaps[0])
+        await connection.get()
+        t0 = time.process_time()
+        for snapshot in snaps[1:]:
+            cache.publish(snapshot)
+            await connection.get()
+        fresh = (time.process_time() - t0) / runs
+        t0 = time.process_time()
+        for _ in range(runs):
+            await connection.get()
+        cached = (time.process_time() - t0) / runs
+    finally:
+        connection.close()
+        await runner.cleanup()
+    return 1000 * fresh, 1000 * cached
+
+
+def serve_cost(args: argparse.Namespace) -> None:
+    """Whole scrapes in process: what a new snapshot costs over HTTP, next to a repeat of cached bytes."""
+    print("| GPUs | CPU per scrape of a new snapshot, ms | of cached bytes, ms |")
+    print("| ---: | ---: | ---: |")
+    for gpus in args.gpus:
+        fresh, cached = asyncio.run(_serve_cost(gpus, args.runs))
+        print(f"| {gpus} | {fresh:.2f} | {cached:.2f} |", flush=True)
+
+
 RSS_STEPS = (
     ("the interpreter", ""),
     ("asyncio (and ssl)", "import asyncio, ssl"),
@@ -364,7 +408,10 @@ def rss_per_import(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "mode", nargs="?", default="matrix", choices=["matrix", "floor", "neuron-floor", "render", "gzip", "rss"]
+        "mode",
+        nargs="?",
+        default="matrix",
+        choices=["matrix", "floor", "neuron-floor", "render", "serve", "gzip", "rss"],
     )
     parser.add_argument(
         "--gpus", type=int, nargs="+", choices=[0, *sorted(SCENARIOS)], default=[8, 64], help="0: the Neuron host"
@@ -384,6 +431,8 @@ def main() -> None:
         neuron_floor_loop(args.scenario, args.interval)
     elif args.mode == "render":
         render_cost(args)
+    elif args.mode == "serve":
+        serve_cost(args)
     elif args.mode == "gzip":
         gzip_levels(args)
     elif args.mode == "rss":
