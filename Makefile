@@ -47,6 +47,11 @@ docs: $(STAMP)
 
 ## Benchmarks; results go to docs/benchmarks.md by hand
 bench: $(STAMP)
+	$(PY) bench/scrape_cadence.py
+	$(PY) bench/scrape_cadence.py render
+	$(PY) bench/scrape_cadence.py serve
+	$(PY) bench/scrape_cadence.py gzip
+	$(PY) bench/scrape_cadence.py rss
 	$(PY) bench/bench_scrape.py
 	$(PY) bench/bench_accuracy.py
 

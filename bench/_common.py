@@ -1,11 +1,13 @@
 """What the benchmark scripts share: a loopback port, a process's CPU time, Prometheus' scrape headers,
-the synthetic 64-GPU scenario, and the exporter from this checkout as a child process.
+the synthetic 64-GPU scenario, the exporter from this checkout as a child process, a minimal
+keep-alive scrape client and a percentile.
 
 Scripts import it as `bench._common`, with the checkout on sys.path (as they have it for `exporter`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -41,6 +43,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_precise(pid: int) -> float:
+    """On-CPU time of a process's live threads, in ns resolution (the first field of each thread's schedstat).
+
+    /proc/<pid>/stat counts in 10 ms clock ticks, too coarse for a process that uses a few ms a
+    second; this misses only threads that have already exited.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # the thread ended between the listing and the read
+    return total / 1e9
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon and RssFile of a process in KiB, from /proc/<pid>/status."""
     out = {}
@@ -52,19 +69,24 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def start_demo_exporter(
-    scenario: str | Path, interval: str, extra_args: Sequence[str] = (), ready_within: float = 30.0
+    scenario: str | Path,
+    interval: str,
+    extra_args: Sequence[str] = (),
+    ready_within: float = 30.0,
+    root: Path = ROOT,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """`python -m exporter --demo <scenario>` on a free loopback port, returned once /-/ready answers 200.
 
-    No ACCEL_* setting leaks in from the caller's environment. Exits with a message (after killing
-    the process) if it is not ready within `ready_within` seconds.
+    The exporter's code comes from `root` (this checkout unless another is named, e.g. an older
+    commit to compare with). No ACCEL_* setting leaks in from the caller's environment. Exits with
+    a message (after killing the process) if it is not ready within `ready_within` seconds.
     """
     port = free_port()
     argv = [sys.executable, "-m", "exporter", "--demo", str(scenario), "--collector.interval", interval]
     argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn", *extra_args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.Popen(argv, cwd=root, env=env)
     deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         try:
@@ -76,3 +98,40 @@ def start_demo_exporter(
     proc.kill()
     proc.wait()
     raise SystemExit(f"the exporter for {scenario} did not become ready in {ready_within:g} s")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; `get` returns the body size."""
+
+    def __init__(self, port: int, path: str = "/metrics") -> None:
+        self.port = port
+        self.request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{PROMETHEUS_HEADERS}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def get(self) -> int:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise RuntimeError(f"HTTP {status.decode()}")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await self.reader.readexactly(length)
+        return length
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]

@@ -35,7 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/bench_scrape.py` from a checkout, for bench._common
 
-from bench._common import FLEET_64, FLEET_64_CONFIG, PROMETHEUS_HEADERS, cpu_seconds, start_demo_exporter  # noqa: E402
+from bench._common import (  # noqa: E402
+    FLEET_64,
+    FLEET_64_CONFIG,
+    Connection,
+    cpu_seconds,
+    pct,
+    start_demo_exporter,
+)
 
 
 @dataclass
@@ -57,37 +64,6 @@ def start(scenario: str, interval: str, config: Path | None) -> Exporter:
         # The synthetic 64-GPU host has no list price; built-in scenarios keep the demo config.
         extra = ["--config.file", str(config)]
     return Exporter(*start_demo_exporter(scenario, interval, extra))
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; `get` returns the body size."""
-
-    def __init__(self, port: int, path: str = "/metrics") -> None:
-        self.port = port
-        self.request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{PROMETHEUS_HEADERS}\r\n".encode()
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-
-    async def get(self) -> int:
-        assert self.reader is not None and self.writer is not None
-        self.writer.write(self.request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1]
-        if status != b"200":
-            raise RuntimeError(f"HTTP {status.decode()}")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return length
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def closed_loop(port: int, scrapers: int, requests: int, seconds: float) -> tuple[list[float], int, float]:
@@ -137,11 +113,6 @@ async def open_loop(port: int, scrapers: int, requests: int, period: float) -> l
 
     await asyncio.gather(*(scraper() for _ in range(scrapers)))
     return latencies
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def line(label: str, latencies: list[float], extra: str = "") -> str:

@@ -90,7 +90,6 @@ class DeviceReading:
     up: bool
     busy_seconds: float | None = None
     covered_seconds: float = 0.0
-    unknown_seconds: float = 0.0
     utilization: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
@@ -103,6 +102,8 @@ class DeviceReading:
     counters: tuple[CounterDelta, ...] = ()
     # None where GPM is unavailable (before Hopper, DCGM profiling holding the counters, ...).
     gpm: GpmReading | None = None
+    # Last, so positional construction keeps its meaning for the fields before it.
+    unknown_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

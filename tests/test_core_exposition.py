@@ -144,32 +144,71 @@ def snapshots(count: int) -> list[Snapshot]:
     return out
 
 
-def test_render_once_per_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    text_calls = counting(monkeypatch, "generate_latest")
-    om_calls = counting(monkeypatch, "generate_openmetrics")
+def test_render_once_per_snapshot_and_only_what_is_asked() -> None:
     cache = RenderCache()
     assert cache.text() is None and cache.openmetrics() is None
     first, second = snapshots(2)
     cache.update(first)
-    assert len(text_calls) == 1
-    assert len(om_calls) == 1  # both formats are rendered with the snapshot, never by a scrape
+    assert cache.renders == 0  # publishing renders nothing
     bodies = {id(cache.text().body) for _ in range(50)}  # type: ignore[union-attr]
-    assert len(bodies) == 1 and len(text_calls) == 1
+    assert len(bodies) == 1 and cache.renders == 1  # the text format, once
     om = [cache.openmetrics() for _ in range(5)]
-    assert len(om_calls) == 1 and all(x is om[0] for x in om)
+    assert cache.renders == 2 and all(x is om[0] for x in om)
     cache.update(second)
-    assert len(text_calls) == 2 and cache.version == second.version
-    assert cache.openmetrics() is not om[0] and len(om_calls) == 2
+    assert cache.renders == 2 and cache.version == second.version
+    assert cache.openmetrics() is not om[0] and cache.renders == 3  # text of `second` is still not rendered
 
 
 def test_gzip_is_the_same_document() -> None:
     cache = RenderCache()
     cache.update(snapshots(1)[0])
     text = cache.text()
-    assert text is not None
-    assert gzip.decompress(text.gzipped) == text.body
+    packed = cache.get_now(openmetrics=False, gzipped=True)
+    assert text is not None and packed is not None and packed.gzipped and not text.gzipped
+    assert gzip.decompress(packed.body) == text.body
     families = {f.name for f in text_string_to_metric_families(text.body.decode())}
     assert {"accel_device_info", "accel_busy_seconds", "process_cpu_seconds"} <= families
+
+
+async def test_a_scrape_renders_only_its_format_and_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[bool] = []
+    original = render.Renderer.plain
+
+    def recording(self: render.Renderer, snapshot: Snapshot, openmetrics: bool) -> render.Rendered:
+        built.append(openmetrics)
+        return original(self, snapshot, openmetrics)
+
+    monkeypatch.setattr(render.Renderer, "plain", recording)
+    packs = counting(monkeypatch, "gzipped")
+    cache = RenderCache()
+    first, second = snapshots(2)
+    cache.publish(first)
+    for _ in range(3):  # what Prometheus asks for: OpenMetrics, gzipped
+        got = await cache.get(openmetrics=True, gzipped=True)
+        assert got is not None and got.gzipped and gzip.decompress(got.body).endswith(b"# EOF\n")
+    assert built == [True] and len(packs) == 1  # no text format, one compression
+    cache.publish(second)
+    assert built == [True]  # no speculative render of the next snapshot, although the last was scraped
+    await cache.get(openmetrics=True, gzipped=True)
+    assert built == [True, True] and len(packs) == 2
+
+
+async def test_a_failed_render_serves_the_previous_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = RenderCache()
+    first, second = snapshots(2)
+    cache.publish(first)
+    packed = await cache.get(openmetrics=False, gzipped=True)
+    plain = await cache.get(openmetrics=True, gzipped=False)
+    assert packed is not None and plain is not None
+
+    def broken(self: render.Renderer, snapshot: Snapshot, openmetrics: bool) -> render.Rendered:
+        raise ValueError("a bad snapshot")
+
+    monkeypatch.setattr(render.Renderer, "plain", broken)
+    cache.publish(second)
+    assert await cache.get(openmetrics=False, gzipped=True) is packed
+    # A variant never rendered falls back to the plain body of its format, which any client can read.
+    assert await cache.get(openmetrics=True, gzipped=True) is plain
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -251,7 +290,7 @@ async def test_gzip_when_asked(http: Callable[..., Any], encoding: str, gzipped:
     assert "Accept-Encoding" in response.headers["Vary"]
     text = cache.text()
     assert text is not None
-    assert body == (text.gzipped if gzipped else text.body)
+    assert (gzip.decompress(body) if gzipped else body) == text.body
 
 
 async def test_openmetrics_gzipped(http: Callable[..., Any]) -> None:
@@ -323,13 +362,14 @@ async def test_daemon_poll_publishes_and_churn_vanishes() -> None:
 
 async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    original = render.generate_latest
+    original = render.Renderer.plain
 
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return original(*args, **kwargs)
+    def recording(self: render.Renderer, snapshot: Snapshot, openmetrics: bool) -> render.Rendered:
+        if openmetrics:
+            threads.append(threading.current_thread().name)
+        return original(self, snapshot, openmetrics)
 
-    monkeypatch.setattr(render, "generate_latest", recording)
+    monkeypatch.setattr(render.Renderer, "plain", recording)
     clock = ManualClock()
     async with demo_daemon("p4d-idle-fleet", clock) as daemon:
         for _ in range(3):
@@ -342,6 +382,9 @@ async def test_daemon_renders_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
             # Ten concurrent scrapes of a new snapshot share one render.
             bodies = await asyncio.gather(*(daemon.cache.get(openmetrics=i % 2 == 0) for i in range(10)))
             assert all(b is not None for b in bodies)
+        clock.advance(5.0)
+        await daemon.poll_once()  # the last snapshot was scraped: the next one is still not rendered ahead
+        await asyncio.sleep(0)
     assert len(threads) == 3
     assert threading.current_thread().name not in threads
 

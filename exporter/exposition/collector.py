@@ -6,13 +6,16 @@ gone from the snapshot is gone from the output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter.accounting.snapshot import Snapshot
 from exporter.catalogue import STATES, spec
+
+# name, label values in the catalogue's label order, value
+AddSeries = Callable[[str, tuple[str, ...], float], None]
 
 
 class _Families:
@@ -21,7 +24,7 @@ class _Families:
     def __init__(self) -> None:
         self._families: dict[str, Metric] = {}
 
-    def add(self, name: str, labels: Iterable[str], value: float) -> None:
+    def add(self, name: str, labels: tuple[str, ...], value: float) -> None:
         family = self._families.get(name)
         if family is None:
             entry = spec(name)
@@ -30,13 +33,13 @@ class _Families:
             else:
                 family = GaugeMetricFamily(name, entry.help, labels=list(entry.labels))
             self._families[name] = family
-        family.add_metric([_encodable(v) for v in labels], value)  # type: ignore[attr-defined]
+        family.add_metric([encodable(v) for v in labels], value)  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
 
 
-def _encodable(value: str) -> str:
+def encodable(value: str) -> str:
     """A label value UTF-8 can carry: a lone surrogate becomes '?'.
 
     Python hands out lone surrogates for undecodable bytes (a Latin-1 user name from pwd) and for
@@ -45,90 +48,99 @@ def _encodable(value: str) -> str:
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
-def build_families(snapshot: Snapshot) -> list[Metric]:
-    """All metric families for one snapshot."""
-    f = _Families()
-    f.add("accel_exporter_build_info", [snapshot.build_version], 1)
+def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
+    """Call `add(name, label values in catalogue order, value)` for every series of one snapshot, in exposition order.
+
+    Both renderers are driven by this one walk over the snapshot, so they cannot disagree about
+    which series exist: prometheus-client's families (the reference) and the cached lines.
+    """
+    add("accel_exporter_build_info", (snapshot.build_version,), 1)
     ident = snapshot.identity
     price = snapshot.price
     source = price.source if price.dollars_per_hour is not None or price.device_model_prices else "none"
-    f.add(
+    add(
         "accel_instance_info",
-        [ident.provider, ident.instance_type, ident.instance_id, ident.region, ident.zone, ident.lifecycle, source],
+        (ident.provider, ident.instance_type, ident.instance_id, ident.region, ident.zone, ident.lifecycle, source),
         1,
     )
     if price.dollars_per_hour is not None:
-        f.add("accel_instance_price_dollars_per_hour", [], price.dollars_per_hour)
+        add("accel_instance_price_dollars_per_hour", (), price.dollars_per_hour)
     for d in snapshot.devices:
         i = d.identity
         dev = i.device
-        f.add("accel_device_info", [dev, i.uuid, i.vendor, i.model, i.kind, i.parent, i.driver_version], 1)
-        f.add("accel_device_up", [dev], 1 if d.up else 0)
+        add("accel_device_info", (dev, i.uuid, i.vendor, i.model, i.kind, i.parent, i.driver_version), 1)
+        add("accel_device_up", (dev,), 1 if d.up else 0)
         if d.utilization is not None:
-            f.add("accel_utilization_ratio", [dev], d.utilization)
+            add("accel_utilization_ratio", (dev,), d.utilization)
         if d.has_busy:
-            f.add("accel_busy_seconds_total", [dev], d.busy_seconds_total)
+            add("accel_busy_seconds_total", (dev,), d.busy_seconds_total)
         if d.activity is not None:  # GPM (Hopper and later)
-            f.add("accel_sm_active_seconds_total", [dev], d.activity.sm_active_seconds_total)
-            f.add("accel_tensor_active_seconds_total", [dev], d.activity.tensor_active_seconds_total)
-            f.add("accel_dram_active_seconds_total", [dev], d.activity.dram_active_seconds_total)
+            add("accel_sm_active_seconds_total", (dev,), d.activity.sm_active_seconds_total)
+            add("accel_tensor_active_seconds_total", (dev,), d.activity.tensor_active_seconds_total)
+            add("accel_dram_active_seconds_total", (dev,), d.activity.dram_active_seconds_total)
             if d.activity.sm_occupancy is not None:
-                f.add("accel_sm_occupancy_ratio", [dev], d.activity.sm_occupancy)
+                add("accel_sm_occupancy_ratio", (dev,), d.activity.sm_occupancy)
         if d.memory_used_bytes is not None:
-            f.add("accel_memory_used_bytes", [dev], d.memory_used_bytes)
+            add("accel_memory_used_bytes", (dev,), d.memory_used_bytes)
         if d.memory_total_bytes is not None:
-            f.add("accel_memory_total_bytes", [dev], d.memory_total_bytes)
+            add("accel_memory_total_bytes", (dev,), d.memory_total_bytes)
         if d.power_watts is not None:
-            f.add("accel_power_watts", [dev], d.power_watts)
+            add("accel_power_watts", (dev,), d.power_watts)
         if d.energy_joules_total is not None:
-            f.add("accel_energy_joules_total", [dev], d.energy_joules_total)
-        f.add("accel_processes", [dev], d.process_count)
+            add("accel_energy_joules_total", (dev,), d.energy_joules_total)
+        add("accel_processes", (dev,), d.process_count)
         if d.state:  # a fully sliced MIG parent has none: its instances carry the GPU
             seconds = dict(d.state_seconds)
             for state in STATES:
-                f.add("accel_state", [dev, state], 1 if d.state == state else 0)
-                f.add("accel_state_seconds_total", [dev, state], seconds.get(state, 0.0))
-            f.add("accel_idle_seconds", [dev], d.idle_seconds)
+                add("accel_state", (dev, state), 1 if d.state == state else 0)
+                add("accel_state_seconds_total", (dev, state), seconds.get(state, 0.0))
+            add("accel_idle_seconds", (dev,), d.idle_seconds)
         if d.price_per_hour is not None:
-            f.add("accel_price_dollars_per_hour", [dev], d.price_per_hour)
+            add("accel_price_dollars_per_hour", (dev,), d.price_per_hour)
             if d.waste_basis:
-                f.add("accel_waste_basis_info", [dev, d.waste_basis], 1)
+                add("accel_waste_basis_info", (dev, d.waste_basis), 1)
         for (team, workload), value in d.cost:
-            f.add("accel_cost_dollars_total", [dev, team, workload], value)
+            add("accel_cost_dollars_total", (dev, team, workload), value)
         for (team, workload, state), value in d.idle_cost:
-            f.add("accel_idle_cost_dollars_total", [dev, team, workload, state], value)
+            add("accel_idle_cost_dollars_total", (dev, team, workload, state), value)
         for (team, workload), value in d.waste:
-            f.add("accel_waste_dollars_total", [dev, team, workload], value)
+            add("accel_waste_dollars_total", (dev, team, workload), value)
         for p in d.processes:
             o = p.owner
             pid = str(p.pid)
-            f.add(
+            add(
                 "accel_process_info",
-                [dev, pid, p.user, p.command, o.team, o.workload, o.pod, o.namespace, o.container, o.unit],
+                (dev, pid, p.user, p.command, o.team, o.workload, o.pod, o.namespace, o.container, o.unit),
                 1,
             )
             if p.memory_bytes is not None:
-                f.add("accel_process_memory_used_bytes", [dev, pid], p.memory_bytes)
+                add("accel_process_memory_used_bytes", (dev, pid), p.memory_bytes)
             if p.start_time_seconds is not None:
-                f.add("accel_process_start_time_seconds", [dev, pid], p.start_time_seconds)
+                add("accel_process_start_time_seconds", (dev, pid), p.start_time_seconds)
         for metric, labels, value in d.counters:
             # By name, not position: a source may or may not include `device` in its labels.
             named = {**dict(labels), "device": dev}
-            f.add(metric, [named.get(label, "") for label in spec(metric).labels], value)
+            add(metric, tuple(named.get(label, "") for label in spec(metric).labels), value)
     for c in snapshot.collectors:
-        f.add("accel_exporter_collector_success", [c.name], 1 if c.success else 0)
-        f.add("accel_exporter_collector_duration_seconds", [c.name], c.duration_seconds)
+        add("accel_exporter_collector_success", (c.name,), 1 if c.success else 0)
+        add("accel_exporter_collector_duration_seconds", (c.name,), c.duration_seconds)
         if c.last_sample_timestamp is not None:
-            f.add("accel_exporter_last_sample_timestamp_seconds", [c.name], c.last_sample_timestamp)
+            add("accel_exporter_last_sample_timestamp_seconds", (c.name,), c.last_sample_timestamp)
     for (collector, reason), value in snapshot.errors:
-        f.add("accel_exporter_errors_total", [collector, reason], value)
+        add("accel_exporter_errors_total", (collector, reason), value)
     for label, value in snapshot.label_overflow:
-        f.add("accel_exporter_label_overflow_total", [label], value)
+        add("accel_exporter_label_overflow_total", (label,), value)
     reload = snapshot.config_reload
     if reload is not None:
-        f.add("accel_exporter_config_last_reload_successful", [], 1 if reload.successful else 0)
+        add("accel_exporter_config_last_reload_successful", (), 1 if reload.successful else 0)
         if reload.last_success_timestamp is not None:
-            f.add("accel_exporter_config_last_reload_success_timestamp_seconds", [], reload.last_success_timestamp)
+            add("accel_exporter_config_last_reload_success_timestamp_seconds", (), reload.last_success_timestamp)
+
+
+def build_families(snapshot: Snapshot) -> list[Metric]:
+    """All metric families for one snapshot, as prometheus-client objects (the reference rendering)."""
+    f = _Families()
+    emit_series(snapshot, f.add)
     return list(f)
 
 

@@ -75,13 +75,16 @@ def build_app(
     """
 
     async def metrics(request: web.Request) -> web.Response:
-        rendered: Rendered | None = await cache.get(openmetrics=_wants_openmetrics(request.headers.get("Accept", "")))
+        # Only the format and encoding asked for are rendered (once per snapshot).
+        rendered: Rendered | None = await cache.get(
+            openmetrics=_wants_openmetrics(request.headers.get("Accept", "")),
+            gzipped=_wants_gzip(request.headers.get("Accept-Encoding", "")),
+        )
         if rendered is None:
             return web.Response(status=503, text="no data yet: the first poll has not finished\n")
         headers = {"Content-Type": rendered.content_type, "Vary": "Accept, Accept-Encoding"}
-        if _wants_gzip(request.headers.get("Accept-Encoding", "")):
+        if rendered.gzipped:
             headers["Content-Encoding"] = "gzip"
-            return web.Response(body=rendered.gzipped, headers=headers)
         return web.Response(body=rendered.body, headers=headers)
 
     page = LandingPage(
