@@ -200,6 +200,12 @@ def _check_price_cache(options: Options) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `accel-cost-exporter` and `python -m exporter`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        # The report subcommand has its own parser; the exporter stays flag-only.
+        from exporter.report.main import run
+
+        return run(argv[1:])
     args = build_parser().parse_args(argv)
     problems = environment_problems(os.environ)
     if problems:
