@@ -95,7 +95,8 @@ async def collect(options: ReportOptions, progress: Callable[[int, int], None] |
     start = end - options.range_seconds
     step = timeline_step(options.range_seconds)
     async with PromClient(options.client, progress) as client:
-        client.expected = 17
+        # 15 instant queries, then the timeline (one range query, more if it is chunked).
+        client.expected = 16
         (
             cost,
             idle,
