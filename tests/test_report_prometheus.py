@@ -12,7 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_helpers import END, G5_12, P4D, RANGE, START, Server, run_report, serve_prometheus, window_args
+from report_helpers import (
+    END,
+    G5_12,
+    P4D,
+    RANGE,
+    START,
+    Server,
+    chromium,
+    png_pixels,
+    run_report,
+    serve_prometheus,
+    window_args,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -198,3 +210,39 @@ def test_no_exporter_series_in_the_range_fails_with_one_line(server: Server) -> 
     assert "Traceback" not in result.stderr and result.stdout == ""
     earlier = run_report(["--prometheus.url", server.url, "--range", "1d", "--end", str(int(START - 30 * 86400))])
     assert earlier.returncode == 1 and "no exporter series" in earlier.stderr
+
+
+def _console_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+def test_html_is_self_contained_and_renders_in_headless_chromium(server: Server, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    result = run_report(window_args(server.url, "--format", "html", "--selector", 'job="accel"', "--output", str(page)))
+    assert result.returncode == 0, result.stderr
+    html = page.read_text()
+    # Nothing to fetch at view time: no scripts, no external references.
+    for needle in ("<script", "http://", "https://", " src=", "@import", "url("):
+        assert needle not in html.replace(server.url, ""), needle
+    for needle in ("Spend (blue) and waste (red) by team", "Top wasting hosts", "Utilization over the range", "<svg"):
+        assert needle in html
+    assert "h-idle:11094" in html and "g4dn.metal" in html
+    shot = tmp_path / "report.png"
+    log = chromium(page, shot)
+    assert _console_lines(log) == [], log
+    width, height, rows = png_pixels(shot.read_bytes())
+    assert (width, height) == (1280, 2400)
+    colours = {row[x : x + 3] for row in rows[::8] for x in range(0, len(row), 24)}
+    inked = sum(1 for row in rows[::8] for x in range(0, len(row), 24) if row[x : x + 3] != b"\xff\xff\xff")
+    assert len(colours) > 10, "the screenshot is (nearly) blank"
+    assert inked > 500, "the screenshot is (nearly) blank"
+
+
+def test_the_chromium_check_sees_console_errors_and_blank_pages(tmp_path: Path) -> None:
+    # The checks above must be able to fail: a page with a console error, and a blank page.
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><body><script>console.error("broken chart")</script></body></html>')
+    shot = tmp_path / "bad.png"
+    assert any("broken chart" in line for line in _console_lines(chromium(page, shot)))
+    _, _, rows = png_pixels(shot.read_bytes())
+    assert {row[x : x + 3] for row in rows[::8] for x in range(0, len(row), 24)} == {b"\xff\xff\xff"}

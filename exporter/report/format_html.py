@@ -29,8 +29,8 @@ def _bars(rows: list[tuple[str, float, float]], width: int = 720) -> str:
     if not rows:
         return "<p>No priced data.</p>"
     top = max(max(s, w) for _, s, w in rows) or 1.0
-    label_w, bar_w, row_h = 220, width - 340, 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{row_h * len(rows) + 20}">']
+    label_w, bar_w, row_h = 200, width - 420, 30
+    parts = [f'<svg width="{width}" height="{row_h * len(rows) + 20}">']
     for i, (name, spend, waste) in enumerate(rows):
         y = 10 + i * row_h
         parts.append(f'<text x="0" y="{y + 14}" font-size="12">{escape(name[:32])}</text>')
@@ -44,14 +44,14 @@ def _bars(rows: list[tuple[str, float, float]], width: int = 720) -> str:
 
 
 def _heatmap(report: Report, max_hosts: int = 60, width: int = 900) -> str:
-    """Utilization per host (rows) over the range (columns): white 0 %, dark blue 100 %, grey no data."""
+    """Utilization per host (rows) over the range (columns): pale 0 %, dark blue 100 %, grey no data."""
     hosts = [h.instance for h in report.hosts if h.instance in report.timeline.hosts][:max_hosts]
     if not hosts:
         return "<p>No utilization data.</p>"
     steps = max(len(v) for v in report.timeline.hosts.values())
     label_w, row_h = 220, 14
     cell = max(1.0, (width - label_w) / max(steps, 1))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{row_h * len(hosts) + 4}">']
+    parts = [f'<svg width="{width}" height="{row_h * len(hosts) + 4}">']
     for row, instance in enumerate(hosts):
         y = row * row_h
         parts.append(f'<text x="0" y="{y + 11}" font-size="11">{escape(instance[:32])}</text>')
@@ -60,8 +60,8 @@ def _heatmap(report: Report, max_hosts: int = 60, width: int = 900) -> str:
                 fill = "#bbb"
             else:
                 level = max(0.0, min(1.0, value))
-                shade = int(255 - 200 * level)
-                fill = f"rgb({shade},{shade},255)"
+                shade = int(240 - 190 * level)
+                fill = f"rgb({shade},{shade},250)"
             parts.append(
                 f'<rect x="{label_w + col * cell:.1f}" y="{y}" width="{cell:.1f}" height="{row_h - 2}" fill="{fill}">'
                 f"<title>{escape(instance)} step {col}: {percent(value)}</title></rect>"
