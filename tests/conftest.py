@@ -31,6 +31,8 @@ EXTERNAL_TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
     "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
     "systemd-analyze": (("systemd-analyze",), "systemd"),
     "kubectl": (("kubectl",), "kubectl"),
+    "chromium": (("chromium",), "chromium"),
+    "victoria-metrics": (("victoria-metrics",), "victoria-metrics"),
 }
 # A developer may run a subset without the tools; CI never may.
 OPTIONAL_TOOLS_ENV = "ACCEL_TEST_TOOLS"
@@ -81,6 +83,9 @@ SLOW_MODULES = frozenset(
         "test_reliability_signals",
         "test_reliability_soak",
         "test_reliability_storm",
+        "test_report_errors",
+        "test_report_prometheus",
+        "test_report_victoriametrics",
         "test_suite_tools",
     }
 )

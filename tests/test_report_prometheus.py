@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from report_helpers import (
     window_args,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="needs prometheus and promtool (apt-get install prometheus)",
+)
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +223,7 @@ def _console_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
+@needs_chromium
 def test_html_is_self_contained_and_renders_in_headless_chromium(server: Server, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     result = run_report(window_args(server.url, "--format", "html", "--selector", 'job="accel"', "--output", str(page)))
@@ -238,6 +246,7 @@ def test_html_is_self_contained_and_renders_in_headless_chromium(server: Server,
     assert inked > 500, "the screenshot is (nearly) blank"
 
 
+@needs_chromium
 def test_the_chromium_check_sees_console_errors_and_blank_pages(tmp_path: Path) -> None:
     # The checks above must be able to fail: a page with a console error, and a blank page.
     page = tmp_path / "bad.html"
