@@ -24,6 +24,7 @@ RANGE = 3 * 86400
 END = fleet.hour_floor(time.time()) - 7200
 START = END - RANGE
 DATA_START = START - 7200
+BUSY_ID = "i-0b0b0b0b0b0b0b0b0"  # h-busy's EC2 instance ID
 
 
 def fleet_hosts() -> list[Any]:
@@ -31,7 +32,7 @@ def fleet_hosts() -> list[Any]:
     h = fleet.HostSpec
     c = fleet.constant
     return [
-        h("h-busy:11094", "p4d.24xlarge", "search", 8, P4D, c(0.95), memory_gib=38),
+        h("h-busy:11094", "p4d.24xlarge", "search", 8, P4D, c(0.95), memory_gib=38, instance_id=BUSY_ID),
         h("h-idle:11094", "p4d.24xlarge", "recsys", 8, P4D, c(0.0)),
         h(
             "h-abandoned:11094",

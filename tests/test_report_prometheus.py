@@ -8,12 +8,14 @@ import csv
 import io
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from report_helpers import (
+    BUSY_ID,
     END,
     G5_12,
     P4D,
@@ -26,6 +28,9 @@ from report_helpers import (
     serve_prometheus,
     window_args,
 )
+
+from tests.fakes.ec2_instances import Ec2Instance, Ec2InstancesFake, RegionBehaviour
+from tests.fakes.server import serve
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
@@ -123,8 +128,6 @@ def test_each_finding_kind_where_it_should_be_and_nowhere_else(report: dict[str,
 
 
 def _rfc3339(unix: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
@@ -255,3 +258,37 @@ def test_the_chromium_check_sees_console_errors_and_blank_pages(tmp_path: Path) 
     assert any("broken chart" in line for line in _console_lines(chromium(page, shot)))
     _, _, rows = png_pixels(shot.read_bytes())
     assert {row[x : x + 3] for row in rows[::8] for x in range(0, len(row), 24)} == {b"\xff\xff\xff"}
+
+
+def test_aws_instances_without_an_exporter_are_unmonitored_findings(server: Server, aws_env: None) -> None:
+    launched = END - 21 * 86400
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(launched))
+    fake = Ec2InstancesFake(
+        regions={
+            "us-east-1": RegionBehaviour(
+                instances=[
+                    Ec2Instance(BUSY_ID, "p4d.24xlarge", stamp),
+                    Ec2Instance("i-0dark0000000000001", "p4d.24xlarge", stamp, tags={"Team": "ml", "Workload": "eval"}),
+                    Ec2Instance("i-0dark0000000000002", "g6e.xlarge", stamp),
+                ],
+                page_size=1,
+                throttle_next=1,
+            ),
+            "eu-west-1": RegionBehaviour(deny=True),
+        }
+    )
+    with serve(fake.app()) as ec2:
+        args = ["--format", "json", "--selector", 'job="accel"', "--aws.regions", "us-east-1,eu-west-1"]
+        result = run_report(window_args(server.url, *args, "--aws.endpoint-url", ec2.url))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    unmonitored = {f["instance"]: f for f in report["findings"] if f["kind"] == "unmonitored"}
+    assert set(unmonitored) == {"i-0dark0000000000001", "i-0dark0000000000002"}
+    dark = unmonitored["i-0dark0000000000001"]
+    assert dark["team"] == "ml" and dark["since"] == _rfc3339(launched)
+    assert dark["dollars"] == pytest.approx(P4D * 21 * 24)
+    assert dark["dollars_per_month"] == pytest.approx(P4D * 720)
+    assert "Workload=eval" in dark["evidence"] and "504 h" in dark["evidence"]
+    # The denied region is reported, not fatal: the report is partial and says why.
+    assert report["partial"] is True
+    assert any("eu-west-1" in p and "ec2:DescribeInstances" in p for p in report["problems"])
