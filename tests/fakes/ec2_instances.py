@@ -22,7 +22,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+from tests.fakes.aws_api import EC2_NS, AwsApiFake
+
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/aws4_request")
 
 
@@ -55,14 +56,8 @@ class Ec2InstancesFake:
     calls: dict[str, int] = field(default_factory=dict)
     filters_seen: list[dict[str, list[str]]] = field(default_factory=list)
 
-    @staticmethod
-    def _error(code: str, message: str, status: int) -> web.Response:
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Response><Errors><Error><Code>{code}</Code><Message>{escape(message)}</Message></Error></Errors>"
-            f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
-        )
-        return web.Response(status=status, text=xml, content_type="text/xml")
+    # The same error envelope as the other EC2 actions of the AWS fake.
+    _error = staticmethod(AwsApiFake._ec2_error)
 
     async def _handle(self, request: web.Request) -> web.Response:
         scope = _REGION.search(request.headers.get("Authorization", ""))
