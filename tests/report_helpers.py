@@ -89,6 +89,17 @@ def fleet_hosts() -> list[Any]:
     ]
 
 
+# (kind, instance, device) of every finding the "accel" job must produce, and no other.
+EXPECTED_FINDINGS = {
+    ("idle_host", "h-idle:11094", None),
+    ("abandoned", "h-abandoned:11094", "nvidia0"),
+    ("held_idle", "h-held:11094", "nvidia1"),
+    ("underutilized", "h-under-1:11094", None),
+    ("underutilized", "h-under-2:11094", None),
+    ("long_running_unchecked", "h-longrun:11094", "nvidia0"),
+}
+
+
 @dataclass(frozen=True)
 class Server:
     """A query API serving the test fleet, with the ground truth per host."""
@@ -112,6 +123,14 @@ def serve_prometheus(workdir: Path) -> Iterator[Server]:
     tsdb = workdir / "tsdb"
     fleet.create_blocks(openmetrics, tsdb)
     with fleet.prometheus(tsdb, pick_free_port(), workdir / "prometheus.log") as url:
+        yield Server(url, truth, hosts)
+
+
+def serve_victoria_metrics(workdir: Path) -> Iterator[Server]:
+    """Load the fleet into a single-node VictoriaMetrics and serve it."""
+    openmetrics, truth, hosts = build_fleet(workdir)
+    with fleet.victoria_metrics(workdir / "vm-data", pick_free_port(), workdir / "victoria-metrics.log") as url:
+        fleet.import_openmetrics(url, openmetrics)
         yield Server(url, truth, hosts)
 
 

@@ -17,6 +17,7 @@ import pytest
 from report_helpers import (
     BUSY_ID,
     END,
+    EXPECTED_FINDINGS,
     G5_12,
     P4D,
     RANGE,
@@ -103,14 +104,7 @@ def test_an_unpriced_host_is_listed_with_null_money(report: dict[str, Any]) -> N
 
 def test_each_finding_kind_where_it_should_be_and_nowhere_else(report: dict[str, Any], server: Server) -> None:
     found = {(f["kind"], f["instance"], f.get("device")) for f in report["findings"]}
-    assert found == {
-        ("idle_host", "h-idle:11094", None),
-        ("abandoned", "h-abandoned:11094", "nvidia0"),
-        ("held_idle", "h-held:11094", "nvidia1"),
-        ("underutilized", "h-under-1:11094", None),
-        ("underutilized", "h-under-2:11094", None),
-        ("long_running_unchecked", "h-longrun:11094", "nvidia0"),
-    }
+    assert found == EXPECTED_FINDINGS
     by_key = {(f["kind"], f["instance"]): f for f in report["findings"]}
     idle = by_key[("idle_host", "h-idle:11094")]
     assert _close(idle["dollars"], server.truth.idle["h-idle:11094"])
