@@ -3,6 +3,7 @@ serving it, and running `accel-cost-exporter report` as a real subprocess."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -144,6 +145,13 @@ def run_report(args: Sequence[str], timeout: float = 120.0) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def json_report(url: str, selector: str = 'job="accel"') -> dict[str, Any]:
+    """The JSON report of the test window for `selector`; the run must succeed."""
+    result = run_report(window_args(url, "--format", "json", "--selector", selector))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def window_args(url: str, *extra: str) -> list[str]:

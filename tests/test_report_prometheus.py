@@ -24,6 +24,7 @@ from report_helpers import (
     START,
     Server,
     chromium,
+    json_report,
     png_pixels,
     run_report,
     serve_prometheus,
@@ -49,9 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def report(server: Server) -> dict[str, Any]:
-    result = run_report(window_args(server.url, "--format", "json", "--selector", 'job="accel"'))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json_report(server.url)
 
 
 def _close(actual: float, expected: float, tolerance: float = 0.005) -> bool:
@@ -152,9 +151,7 @@ def test_teams_carry_money_per_team_and_workload(report: dict[str, Any], server:
 
 
 def test_thirty_minute_scrapes_give_the_same_money(server: Server) -> None:
-    result = run_report(window_args(server.url, "--format", "json", "--selector", 'job="sparse"'))
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json_report(server.url, 'job="sparse"')
     expected = server.truth.spend["s-idle:11094"] + server.truth.spend["s-busy:11094"]
     assert _close(report["totals"]["spend_dollars"], expected)
     assert {(f["kind"], f["instance"]) for f in report["findings"]} == {("idle_host", "s-idle:11094")}

@@ -3,13 +3,12 @@ same money and findings as from Prometheus, proving the query API compatibility.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from report_helpers import EXPECTED_FINDINGS, P4D, Server, run_report, serve_victoria_metrics, window_args
+from report_helpers import EXPECTED_FINDINGS, P4D, Server, json_report, serve_victoria_metrics
 
 pytestmark = pytest.mark.skipif(
     shutil.which("victoria-metrics") is None, reason="needs victoria-metrics (apt-get install victoria-metrics)"
@@ -23,9 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def report(server: Server) -> dict[str, Any]:
-    result = run_report(window_args(server.url, "--format", "json", "--selector", 'job="accel"'))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json_report(server.url)
 
 
 def test_totals_and_hosts_match_the_ground_truth(report: dict[str, Any], server: Server) -> None:
@@ -51,7 +48,5 @@ def test_the_same_findings_and_recommendations_as_from_prometheus(report: dict[s
 
 
 def test_gaps_are_reported_partial(server: Server) -> None:
-    result = run_report(window_args(server.url, "--format", "json", "--selector", 'job="gappy"'))
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json_report(server.url, 'job="gappy"')
     assert report["partial"] is True and "h-gap:11094" in report["problems"][0]
