@@ -133,9 +133,9 @@ def to_json_dict(report: Report) -> dict[str, Any]:
     recommendations = []
     for rec in report.recommendations:
         item = asdict(rec)
-        item[rec.target_kind] = item.pop("target")
-        del item["target_kind"]
-        recommendations.append(item)
+        del item["target"], item["target_kind"]
+        # The target first, under its kind: {"instance": ...}, {"group": ...} or {"device": ...}.
+        recommendations.append({rec.target_kind: rec.target, **item})
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": rfc3339(report.generated_at),
