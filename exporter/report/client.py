@@ -100,9 +100,18 @@ class PromClient:
     async def instant(self, query: str, at: float) -> list[Sample]:
         """An instant query evaluated at `at`; the vector's samples."""
         data = await self._post("/api/v1/query", {"query": query, "time": _fmt(at)}, query)
-        if data.get("resultType") == "scalar":
-            return [Sample({}, _value(data["result"][1]))]
-        return [Sample(item.get("metric", {}), _value(item["value"][1])) for item in data.get("result", [])]
+        try:
+            if data.get("resultType") == "scalar":
+                return [Sample({}, _value(data["result"][1]))]
+            return [Sample(item.get("metric", {}), _value(item["value"][1])) for item in data.get("result", [])]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise ReportFailed(self._shape_error(query)) from None
+
+    def _shape_error(self, query: str) -> str:
+        return (
+            f"{self._options.url} answered a result that is not a Prometheus vector or matrix "
+            f"(is it the query API?); query: {_short(query)}"
+        )
 
     async def range(self, query: str, start: float, end: float, step: float) -> list[RangeSeries]:
         """A range query, split into chunks of at most MAX_POINTS steps, merged back per series."""
@@ -124,11 +133,14 @@ class PromClient:
             )
         )
         merged: dict[tuple[tuple[str, str], ...], tuple[Mapping[str, str], list[tuple[float, float]]]] = {}
-        for data in answers:
-            for item in data.get("result", []):
-                key = tuple(sorted(item.get("metric", {}).items()))
-                entry = merged.setdefault(key, (item.get("metric", {}), []))
-                entry[1].extend((float(t), _value(v)) for t, v in item.get("values", []))
+        try:
+            for data in answers:
+                for item in data.get("result", []):
+                    key = tuple(sorted(item.get("metric", {}).items()))
+                    entry = merged.setdefault(key, (item.get("metric", {}), []))
+                    entry[1].extend((float(t), _value(v)) for t, v in item.get("values", []))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise ReportFailed(self._shape_error(query)) from None
         return [RangeSeries(labels, tuple(sorted(points))) for labels, points in merged.values()]
 
     async def _post(self, path: str, form: dict[str, str], query: str) -> dict[str, Any]:
