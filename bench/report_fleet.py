@@ -23,6 +23,7 @@ from typing import IO
 TARGET = 0.8
 IDLE_THRESHOLD = 0.01
 GIB = 2**30
+RULE = "instance:accel_utilization:ratio_rate5m"  # a recording rule of alerts/accel-cost.rules.yml
 Utilization = Callable[[int, float], float]  # (device index, unix time) -> 0..1
 
 
@@ -47,6 +48,7 @@ class HostSpec:
     scrape: float = 300.0
     gap: tuple[float, float] | None = None  # no samples in [a, b)
     reset_at: float | None = None  # the exporter restarts: counters start again from 0
+    rule_utilization: float | None = None  # also write the bundle's instance:accel_utilization:ratio_rate5m
 
 
 @dataclass
@@ -105,6 +107,9 @@ def write_host(
     if host.price is not None:
         lines = [f"accel_instance_price_dollars_per_hour{_labels(**base)} {host.price} {ts:.0f}" for ts in times]
         out["accel_instance_price_dollars_per_hour"].write("\n".join(lines) + "\n")
+    if host.rule_utilization is not None:
+        lines = [f"{RULE}{_labels(**base)} {host.rule_utilization} {ts:.0f}" for ts in times]
+        out[RULE].write("\n".join(lines) + "\n")
     for device in range(host.devices):
         _write_device(host, device, times, window_start, out, truth)
 
@@ -197,6 +202,7 @@ FAMILIES = {
     "accel_process_start_time_seconds": "gauge",
     "accel_instance_info": "gauge",
     "accel_instance_price_dollars_per_hour": "gauge",
+    "instance:accel_utilization:ratio_rate5m": "gauge",
 }
 
 

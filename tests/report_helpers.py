@@ -85,6 +85,7 @@ def fleet_hosts() -> list[Any]:
             job="gappy",
             gap=(END - 2 * 86400, END - 2 * 86400 + 6 * 3600),
         ),
+        h("r-host:11094", "g6.xlarge", "search", 1, G6_1, c(0.7), job="ruled", memory_gib=20, rule_utilization=0.5),
         h("s-idle:11094", "g5.12xlarge", "recsys", 4, G5_12, c(0.0), job="sparse", scrape=1800),
         h("s-busy:11094", "g5.12xlarge", "search", 4, G5_12, c(0.9), job="sparse", scrape=1800, memory_gib=23),
     ]

@@ -283,3 +283,16 @@ def test_aws_instances_without_an_exporter_are_unmonitored_findings(server: Serv
     # The denied region is reported, not fatal: the report is partial and says why.
     assert report["partial"] is True
     assert any("eu-west-1" in p and "ec2:DescribeInstances" in p for p in report["problems"])
+
+
+def test_the_timeline_uses_the_bundles_recording_rule_where_it_exists(server: Server) -> None:
+    # r-host's recorded utilization says 50 % while its counters say 70 %: the timeline follows the
+    # rule, the money and the mean follow the counters.
+    report = json_report(server.url, 'job="ruled"')
+    timeline = report["utilization_timeline"]["hosts"]["r-host:11094"]
+    assert timeline and all(v == pytest.approx(0.5) for v in timeline)
+    host = report["hosts"][0]
+    assert host["utilization_mean"] == pytest.approx(0.7, abs=0.005)
+    assert host["spend_dollars"] == pytest.approx(server.truth.spend["r-host:11094"], rel=0.005)
+    raw = json_report(server.url, 'job="accel"')["utilization_timeline"]["hosts"]["h-busy:11094"]
+    assert all(v == pytest.approx(0.95, abs=0.005) for v in raw)
