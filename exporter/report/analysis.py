@@ -52,27 +52,69 @@ def _sum(values: Iterable[float]) -> float:
     return math.fsum(values)
 
 
-def _money_of(rows: Mapping[MoneyKey, float], instance: str, device: str | None = None) -> float:
-    return _sum(v for k, v in rows.items() if k[0] == instance and (device is None or k[1] == device))
+ByDevice = dict[str, dict[str, float]]  # instance -> device -> value
 
 
-def _teams_by_spend(data: FleetData, instance: str, device: str | None = None) -> list[str]:
-    spend: dict[str, float] = defaultdict(float)
-    for (inst, dev, team, _), value in data.cost.items():
-        if inst == instance and (device is None or dev == device):
-            spend[team] += value
-    return sorted(spend, key=lambda t: (-spend[t], t))
+def _index_money(rows: Mapping[MoneyKey, float]) -> ByDevice:
+    out: ByDevice = defaultdict(lambda: defaultdict(float))
+    for (instance, device, _, _), value in rows.items():
+        out[instance][device] += value
+    return out
 
 
-def _devices(data: FleetData, instance: str, host_team: str) -> list[_Device]:
-    names = sorted({d for i, d in (*data.states, *data.busy) if i == instance})
+@dataclass(frozen=True)
+class _Index:
+    """FleetData regrouped by host once, so the analysis never scans the whole fleet per host."""
+
+    cost: ByDevice
+    idle: ByDevice
+    waste: ByDevice
+    team_spend: dict[str, dict[str, dict[str, float]]]  # instance -> device -> team -> spend
+    devices: dict[str, list[str]]
+
+    @classmethod
+    def build(cls, data: FleetData) -> _Index:
+        team_spend: dict[str, dict[str, dict[str, float]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(float))
+        )
+        for (instance, device, team, _), value in data.cost.items():
+            team_spend[instance][device][team] += value
+        devices: dict[str, set[str]] = defaultdict(set)
+        for instance, device in (*data.states, *data.busy):
+            devices[instance].add(device)
+        return cls(
+            cost=_index_money(data.cost),
+            idle=_index_money(data.idle),
+            waste=_index_money(data.waste),
+            team_spend=team_spend,
+            devices={k: sorted(v) for k, v in devices.items()},
+        )
+
+    def teams_by_spend(self, instance: str, device: str | None = None) -> list[str]:
+        """Teams charged for the host (or one device), most first."""
+        spend: dict[str, float] = defaultdict(float)
+        for dev, teams in self.team_spend.get(instance, {}).items():
+            if device is None or dev == device:
+                for team, value in teams.items():
+                    spend[team] += value
+        return sorted(spend, key=lambda t: (-spend[t], t))
+
+
+def _money_of(rows: ByDevice, instance: str, device: str | None = None) -> float:
+    per_device = rows.get(instance, {})
+    if device is not None:
+        return per_device.get(device, 0.0)
+    return _sum(per_device.values())
+
+
+def _devices(data: FleetData, index: _Index, instance: str, host_team: str) -> list[_Device]:
     out = []
-    for name in names:
+    for name in index.devices.get(instance, []):
         key = (instance, name)
         states = data.states.get(key, {})
         observed = _sum(states.values())
         idle = states.get("idle_held", 0.0) + states.get("idle_free", 0.0)
-        teams = _teams_by_spend(data, instance, name)
+        teams = index.teams_by_spend(instance, name)
         out.append(
             _Device(
                 key=key,
@@ -86,11 +128,11 @@ def _devices(data: FleetData, instance: str, host_team: str) -> list[_Device]:
     return out
 
 
-def _priced(data: FleetData, instance: str) -> bool:
+def _priced(data: FleetData, index: _Index, instance: str) -> bool:
     source = data.info.get(instance, {}).get("price_source")
     if source is not None:
         return source != "none"
-    return any(k[0] == instance for k in data.cost)
+    return instance in index.cost
 
 
 def _per_month(dollars: float | None, range_seconds: float) -> float | None:
@@ -104,6 +146,7 @@ def _hours(seconds: float) -> str:
 class _Analysis:
     def __init__(self, data: FleetData) -> None:
         self.data = data
+        self.index = _Index.build(data)
         self.range = data.end - data.start
         self.hosts: list[Host] = []
         self.findings: list[Finding] = []
@@ -121,16 +164,19 @@ class _Analysis:
     def _host(self, instance: str) -> None:
         data = self.data
         info = data.info.get(instance, {})
-        priced = _priced(data, instance)
-        teams = _teams_by_spend(data, instance)
+        priced = _priced(data, self.index, instance)
+        teams = self.index.teams_by_spend(instance)
         host_team = teams[0] if teams else "unassigned"
-        devices = _devices(data, instance, host_team)
+        devices = _devices(data, self.index, instance, host_team)
         observed = _sum(d.observed for d in devices)
         mean = _sum(d.busy for d in devices) / observed if observed > 0 else None
         p95_busy = data.host_busy_p95.get(instance)
         p95 = min(1.0, p95_busy / len(devices)) if p95_busy is not None and devices else None
         peaks = [data.memory_peak[d.key] for d in devices if d.key in data.memory_peak]
-        money = [_money_of(rows, instance) if priced else None for rows in (data.cost, data.idle, data.waste)]
+        money = [
+            _money_of(rows, instance) if priced else None
+            for rows in (self.index.cost, self.index.idle, self.index.waste)
+        ]
         self.hosts.append(
             Host(
                 instance=instance,
@@ -185,7 +231,7 @@ class _Analysis:
                 device.key[1],
                 device.team,
                 started,
-                _money_of(data.idle, instance, device.key[1]) if priced else None,
+                _money_of(self.index.idle, instance, device.key[1]) if priced else None,
                 f"held by a process but idle {100 * device.held_fraction:.0f} % of the range "
                 f"(utilization {100 * device.utilization:.1f} %){held_for}",
             )
@@ -209,7 +255,7 @@ class _Analysis:
                     device.key[1],
                     device.team,
                     started,
-                    _money_of(data.waste, instance, device.key[1]) if priced else None,
+                    _money_of(self.index.waste, instance, device.key[1]) if priced else None,
                     f"a process running {_hours(end - started)}; no hour above "
                     f"{100 * UTILIZATION_CHECK:.0f} % (busiest hour {100 * busiest:.1f} %)",
                 )
@@ -218,7 +264,7 @@ class _Analysis:
         if priced and mean is not None and mean < SCALE_IN and len(flagged) < len(devices):
             waste = host.waste_dollars
             if waste is not None:
-                waste -= _sum(_money_of(data.waste, instance, key[1]) for key in flagged)
+                waste -= _sum(_money_of(self.index.waste, instance, key[1]) for key in flagged)
             self._add(
                 "underutilized",
                 instance,
