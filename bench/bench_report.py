@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=7)
     parser.add_argument("--interval", type=float, default=60)
     parser.add_argument("--victoria-metrics", action="store_true", help="also load and query VictoriaMetrics")
+    parser.add_argument("--no-prometheus", action="store_true", help="skip the backfill and Prometheus")
     parser.add_argument("--workdir", type=Path, help="keep the data here (default: a temporary folder)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-report-"))
@@ -181,12 +182,13 @@ def main() -> None:
         f"OpenMetrics {size / 2**30:.1f} GiB written in {time.monotonic() - t0:.0f} s",
         flush=True,
     )
-    t0 = time.monotonic()
-    fleet.create_blocks(openmetrics, work / "tsdb")
-    print(f"promtool create-blocks: {time.monotonic() - t0:.0f} s", flush=True)
-    with fleet.prometheus(work / "tsdb", fleet_port(), work / "prometheus.log", timeout=600) as url:
-        result = run_report(url, args.days, end)
-        print(f"Prometheus: {json.dumps(result)} (expected spend {expected:.2f})", flush=True)
+    if not args.no_prometheus:
+        t0 = time.monotonic()
+        fleet.create_blocks(openmetrics, work / "tsdb")
+        print(f"promtool create-blocks: {time.monotonic() - t0:.0f} s", flush=True)
+        with fleet.prometheus(work / "tsdb", fleet_port(), work / "prometheus.log", timeout=600) as url:
+            result = run_report(url, args.days, end)
+            print(f"Prometheus: {json.dumps(result)} (expected spend {expected:.2f})", flush=True)
     if args.victoria_metrics:
         with fleet.victoria_metrics(work / "vm", fleet_port(), work / "vm.log") as url:
             t0 = time.monotonic()
