@@ -55,7 +55,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag documents its environment variable."""
-    p = _Parser(prog="accel-cost-exporter", description="Live accelerator cost, idle spend and waste for Prometheus.")
+    p = _Parser(
+        prog="accel-cost-exporter",
+        description="Live accelerator cost, idle spend and waste for Prometheus.",
+        epilog="Fleet waste audit and rightsizing report: accel-cost-exporter report --help",
+    )
     p.add_argument(
         "--web.listen-address",
         dest="listen",

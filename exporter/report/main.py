@@ -70,6 +70,9 @@ def run(argv: Sequence[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: one line, never a traceback
+        print(f"{PROG}: failed: unexpected {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        return 1
     if report.partial:
         print(f"{PROG}: the report is PARTIAL: {'; '.join(report.problems)}", file=sys.stderr)
     return 0
