@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -40,14 +41,45 @@ def _linear(rate: float, steps: int, dt: float) -> list[str]:
     return [f"{rate * k * dt:.6f}" for k in range(1, steps + 1)]
 
 
-def write_fleet(path: Path, hosts: int, gpus: int, days: float, interval: float, end: float) -> float:
-    """Write the fleet, family by family; returns the expected spend over the window."""
+class VictoriaMetricsSink:
+    """A text sink that posts what it is given to VictoriaMetrics' Prometheus-text import in
+    chunks, so a fleet too large for the disk streams straight into the server (stamps in ms)."""
+
+    def __init__(self, url: str, chunk: int = 32 * 2**20) -> None:
+        self.url, self.chunk = url, chunk
+        self.parts: list[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            fleet._post(self.url + "/api/v1/import/prometheus", "".join(self.parts).encode())
+        self.parts, self.size = [], 0
+
+    def __enter__(self) -> VictoriaMetricsSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+def write_fleet(
+    path: Path | VictoriaMetricsSink, hosts: int, gpus: int, days: float, interval: float, end: float
+) -> float:
+    """Write the fleet, family by family, to a file (or a VictoriaMetricsSink, with ms stamps);
+    returns the expected spend over the window."""
     steps = int(days * 86400 / interval)
-    stamps = [f"{end - (steps - k) * interval:.0f}" for k in range(1, steps + 1)]
+    scale = 1000 if isinstance(path, VictoriaMetricsSink) else 1
+    stamps = [f"{(end - (steps - k) * interval) * scale:.0f}" for k in range(1, steps + 1)]
     ones = ["1"] * steps
     per_device = PRICE / gpus / 3600
     util = [0.0 if h % 3 == 0 else 0.2 if h % 3 == 1 else 0.9 for h in range(hosts)]
-    with path.open("w") as out:
+    with path if isinstance(path, VictoriaMetricsSink) else path.open("w") as out:
 
         def each_device(write: callable) -> None:  # type: ignore[valid-type]
             for h in range(hosts):
@@ -167,12 +199,20 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=7)
     parser.add_argument("--interval", type=float, default=60)
     parser.add_argument("--victoria-metrics", action="store_true", help="also load and query VictoriaMetrics")
+    parser.add_argument(
+        "--stream-victoria-metrics",
+        action="store_true",
+        help="only VictoriaMetrics, fed straight from the generator (no file: for fleets larger than the disk)",
+    )
     parser.add_argument("--no-prometheus", action="store_true", help="skip the backfill and Prometheus")
     parser.add_argument("--workdir", type=Path, help="keep the data here (default: a temporary folder)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-report-"))
     work.mkdir(parents=True, exist_ok=True)
     end = fleet.hour_floor(time.time()) - 3600
+    if args.stream_victoria_metrics:
+        stream(args, work, end)
+        return
     openmetrics = work / "fleet.om"
     t0 = time.monotonic()
     expected = write_fleet(openmetrics, args.hosts, args.gpus, args.days, args.interval, end)
@@ -196,6 +236,21 @@ def main() -> None:
             print(f"VictoriaMetrics import: {time.monotonic() - t0:.0f} s", flush=True)
             result = run_report(url, args.days, end)
             print(f"VictoriaMetrics: {json.dumps(result)} (expected spend {expected:.2f})", flush=True)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stream(args: argparse.Namespace, work: Path, end: float) -> None:
+    """Generate the fleet straight into VictoriaMetrics, then run the report against it."""
+    with fleet.victoria_metrics(work / "vm", fleet_port(), work / "vm.log") as url:
+        t0 = time.monotonic()
+        with VictoriaMetricsSink(url) as sink:
+            expected = write_fleet(sink, args.hosts, args.gpus, args.days, args.interval, end)
+        with urllib.request.urlopen(url + "/internal/force_flush", timeout=600):
+            pass
+        print(f"VictoriaMetrics: generated and imported in {time.monotonic() - t0:.0f} s", flush=True)
+        result = run_report(url, args.days, end)
+        print(f"VictoriaMetrics: {json.dumps(result)} (expected spend {expected:.2f})", flush=True)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
