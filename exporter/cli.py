@@ -55,7 +55,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag documents its environment variable."""
-    p = _Parser(prog="accel-cost-exporter", description="Live accelerator cost, idle spend and waste for Prometheus.")
+    p = _Parser(
+        prog="accel-cost-exporter",
+        description="Live accelerator cost, idle spend and waste for Prometheus.",
+        epilog="Fleet waste audit and rightsizing report: accel-cost-exporter report --help",
+    )
     p.add_argument(
         "--web.listen-address",
         dest="listen",
@@ -200,6 +204,12 @@ def _check_price_cache(options: Options) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `accel-cost-exporter` and `python -m exporter`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        # The report subcommand has its own parser; the exporter stays flag-only.
+        from exporter.report.main import run
+
+        return run(argv[1:])
     args = build_parser().parse_args(argv)
     problems = environment_problems(os.environ)
     if problems:

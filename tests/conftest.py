@@ -32,6 +32,7 @@ EXTERNAL_TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
     "systemd-analyze": (("systemd-analyze",), "systemd"),
     "kubectl": (("kubectl",), "kubectl"),
     "chromium": (("chromium", "chromium-browser"), "chromium"),
+    "victoria-metrics": (("victoria-metrics",), "victoria-metrics"),
 }
 # A developer may run a subset without the tools; CI never may.
 OPTIONAL_TOOLS_ENV = "ACCEL_TEST_TOOLS"
@@ -87,6 +88,9 @@ SLOW_MODULES = frozenset(
         "test_reliability_signals",
         "test_reliability_soak",
         "test_reliability_storm",
+        "test_report_errors",
+        "test_report_prometheus",
+        "test_report_victoriametrics",
         "test_state_idle_clock",
         "test_suite_tools",
         "test_web_auth_flood",
