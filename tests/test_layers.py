@@ -40,7 +40,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "exporter.accounting": ("exporter.sources", "exporter.exposition", "exporter.web", "exporter.sim", *_ENTRY),
     "exporter.exposition": ("exporter.sources", "exporter.context", "exporter.web", "exporter.sim", *_ENTRY),
     "exporter.web": ("exporter.sources", "exporter.context", "exporter.sim", *_ENTRY),
-    # The simulator replaces hardware: it may use the sources' public types, nothing downstream.
+    # The simulator replaces hardware: it may use the sources' public types (no `_private` name of
+    # another package is imported anywhere: see forbidden_edges), nothing downstream.
     "exporter.sim": ("exporter.context", "exporter.accounting", "exporter.exposition", "exporter.web", *_ENTRY),
     "exporter.config": (
         "exporter.sources",
@@ -102,7 +103,19 @@ def forbidden_edges(root: Path) -> list[str]:
                     for prefix in banned
                     if _within(imported, prefix) and not _within(imported, importer)
                 )
+            if _within(imported, "exporter") and _private(imported) and _package(imported) != _package(module):
+                edges.append(f"{module} -> {imported} (a private name of another package)")
     return edges
+
+
+def _package(name: str) -> str:
+    """`exporter.sources.procfs` -> `exporter.sources`; a top-level module is its own package."""
+    return ".".join(name.split(".")[:2])
+
+
+def _private(name: str) -> bool:
+    """Whether a dotted name has a `_private` part (dunders such as `__version__` are public)."""
+    return any(part.startswith("_") and not part.endswith("__") for part in name.split("."))
 
 
 def test_no_module_imports_across_a_forbidden_layer_edge() -> None:
@@ -141,6 +154,11 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
             "exporter.context.model",
         ),
         ("exporter/readings.py", "from exporter.clock import Clock\n", "exporter.readings -> exporter.clock"),
+        (
+            "exporter/sim/fake_nvml.py",
+            "from exporter.sources.nvml_inventory import _mig_children\n",
+            "exporter.sim.fake_nvml -> exporter.sources.nvml_inventory._mig_children (a private name",
+        ),
     ],
 )
 def test_the_checker_finds_a_forbidden_edge(tmp_path: Path, name: str, text: str, edge: str) -> None:
@@ -157,6 +175,7 @@ def test_the_checker_allows_the_permitted_edges(tmp_path: Path) -> None:
             "exporter/context/provider.py": "from exporter.context.host.metadata import merge_identity\n",
             "exporter/context/host/aws_imds.py": "from exporter.context.host.discovery import Discovered\n",
             "exporter/daemon.py": "from exporter.sources.nvml import NvmlSource\n",
+            "exporter/sources/nvml.py": "from exporter import __version__\nfrom exporter.sources.nvml_inventory import _x\n",
         },
     )
     assert forbidden_edges(root) == []
