@@ -108,8 +108,8 @@ async def cycle_breakdown(scenario_name: str, interval: float, cycles: int = 200
     from exporter.accounting.ledger import Ledger
     from exporter.clock import ManualClock
     from exporter.config.model import AccountingSettings, AttributionSettings
-    from exporter.context.attribution import RuleAttributor
     from exporter.context.model import HostContext, HostIdentity, PriceQuote
+    from exporter.context.owner.attribution import RuleAttributor
     from exporter.exposition.render import RenderCache
     from exporter.sim.fake_nvml import FakeNvml, SimProcFs
     from exporter.sim.scenario import load_scenario

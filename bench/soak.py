@@ -42,9 +42,9 @@ from exporter.catalogue import STATES
 from exporter.clock import ManualClock
 from exporter.config import Config, parse_config
 from exporter.config.model import AccountingSettings
-from exporter.context.attribution import RuleAttributor
-from exporter.context.metadata import merge_identity
+from exporter.context.host.metadata import merge_identity
 from exporter.context.model import UNASSIGNED, HostContext, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs

@@ -197,7 +197,7 @@ def _scenario_line(name: str, description: str) -> str:
 def _check_price_cache(options: Options) -> None:
     """Load the price cache as a start would, so its warnings (it is then ignored) show here too."""
     if options.state_directory and not options.demo:
-        from exporter.context.price_cache import PriceCache
+        from exporter.context.price.price_cache import PriceCache
 
         PriceCache(options.state_directory)
 

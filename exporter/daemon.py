@@ -18,7 +18,7 @@ from exporter.accounting.idle_clock import IdleClockFile, IdleMark
 from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigInvalid
-from exporter.context.attribution import attribute_ahead
+from exporter.context.owner.attribution import attribute_ahead
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
@@ -298,7 +298,7 @@ class Daemon:
         if settings.enabled is False or self.options.demo:
             return
         try:
-            from exporter.context.kubernetes import PodResourcesWatcher, pods_for_device
+            from exporter.context.owner.kubernetes import PodResourcesWatcher, pods_for_device
         except ImportError as exc:  # grpcio is an optional dependency
             if settings.enabled:
                 log.error(

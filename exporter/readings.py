@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 Labels = tuple[tuple[str, str], ...]
 
+# A command line can be megabytes (generated argument lists): only this much of it is read, matched
+# by attribution rules and carried in readings.
+COMMAND_PREFIX_CHARS = 4096
+
 
 @dataclass(frozen=True)
 class DeviceIdentity:

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from exporter.config import Config, ConfigInvalid, load_config
 from exporter.config.model import AttributionRule
-from exporter.context.attribution import compile_rules
+from exporter.context.owner.attribution import compile_rules
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from exporter.accounting.pair_cap import OTHER_PAIR
 from exporter.accounting.snapshot import Snapshot
 from exporter.config.load import parse_config
 from exporter.config.model import AccountingSettings, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.exposition.collector import build_families
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 

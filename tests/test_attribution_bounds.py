@@ -22,9 +22,9 @@ from exporter.clock import ManualClock
 from exporter.config.load import load_config, parse_config
 from exporter.config.model import MAX_ATTRIBUTION_RULES, AttributionRule
 from exporter.config.reader import ConfigInvalid
-from exporter.context.attribution import MATCH_PREFIX_CHARS, RuleAttributor, attribute_ahead
 from exporter.context.model import HostIdentity, Owner, PodFacts
-from exporter.context.rule_index import RuleIndex
+from exporter.context.owner.attribution import MATCH_PREFIX_CHARS, RuleAttributor, attribute_ahead
+from exporter.context.owner.rule_index import RuleIndex
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.reload import prepare_config
 from exporter.sim.scenario import padded_command, parse_scenario

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ConfigInvalid, parse_config
-from exporter.context.attribution import RuleAttributor
-from exporter.context.builtin_prices import builtin_table
-from exporter.context.cgroup import CgroupFacts
-from exporter.context.kubernetes import PodRef
-from exporter.context.labels import sanitize_label
 from exporter.context.model import UNASSIGNED, HostIdentity, Owner
+from exporter.context.owner.attribution import RuleAttributor
+from exporter.context.owner.cgroup import CgroupFacts
+from exporter.context.owner.kubernetes import PodRef
+from exporter.context.owner.labels import sanitize_label
+from exporter.context.price.builtin_prices import builtin_table
 from exporter.readings import ProcessReading
 
 POD_UID = "3f2a1b4c-5d6e-4f70-8192-a3b4c5d6e7f8"

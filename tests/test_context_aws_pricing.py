@@ -15,11 +15,11 @@ from fakes.server import ThreadedServer, serve
 
 from exporter.clock import ManualClock
 from exporter.config import parse_config
-from exporter.context.aws_api import AwsApi, AwsLookupError, pricing_region
 from exporter.context.errors import ErrorCounts
 from exporter.context.model import HostIdentity
-from exporter.context.price_cache import FILE_NAME, PriceCache
-from exporter.context.pricing import PriceResolver
+from exporter.context.price.aws_api import AwsApi, AwsLookupError, pricing_region
+from exporter.context.price.price_cache import FILE_NAME, PriceCache
+from exporter.context.price.pricing import PriceResolver
 
 P4D = HostIdentity(
     provider="aws",
@@ -190,7 +190,7 @@ def test_access_denied_falls_through_and_is_logged_once(
 ) -> None:
     fake.deny_pricing = True
     res, errors = resolver(server.url)
-    with caplog.at_level(logging.WARNING, logger="exporter.context.pricing"):
+    with caplog.at_level(logging.WARNING, logger="exporter.context.price.pricing"):
         first = resolve(res)
         second = resolve(res)
     assert first.source == second.source == "builtin"

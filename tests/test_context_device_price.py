@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
+from exporter.accounting.device_price import device_prices
 from exporter.clock import ManualClock
 from exporter.config import HostSettings, parse_config
-from exporter.context.builtin_prices import opencost_accelerator_share
-from exporter.context.device_price import device_prices
 from exporter.context.model import PriceQuote
+from exporter.context.price.builtin_prices import opencost_accelerator_share
 from exporter.context.provider import ContextProvider
 from exporter.readings import DeviceIdentity
 

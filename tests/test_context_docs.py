@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from exporter.config import parse_config
-from exporter.context.builtin_prices import builtin_table
-from exporter.context.price_bounds import BOUNDS_TEXT
+from exporter.context.price.builtin_prices import builtin_table
+from exporter.context.price.price_bounds import BOUNDS_TEXT
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "pricing.md"
 BLOCKS = re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)

@@ -15,15 +15,16 @@ from fakes.server import ThreadedServer, closed_port_url, serve, silent_listener
 
 from exporter.clock import ManualClock
 from exporter.config import HostSettings, parse_config
-from exporter.context.aws_imds import AwsImds
-from exporter.context.azure_imds import discover_azure
-from exporter.context.discovery import Discovered, NotThisCloud, region_from_zone
 from exporter.context.errors import ErrorCounts
-from exporter.context.gcp_metadata import discover_gcp
-from exporter.context.metadata import MetadataResolver, merge_identity
+from exporter.context.host.aws_imds import AwsImds
+from exporter.context.host.azure_imds import discover_azure
+from exporter.context.host.discovery import Discovered, NotThisCloud
+from exporter.context.host.gcp_metadata import discover_gcp
+from exporter.context.host.metadata import MetadataResolver, merge_identity
 from exporter.context.model import HostIdentity
 from exporter.context.provider import ContextProvider
 from exporter.readings import HostHints
+from exporter.zones import region_from_zone
 
 
 @pytest.fixture

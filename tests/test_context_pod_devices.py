@@ -6,8 +6,9 @@ from types import MappingProxyType
 
 from exporter.accounting.ledger import Ledger
 from exporter.config import parse_config
-from exporter.context.attribution import RuleAttributor
-from exporter.context.kubernetes import (
+from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
+from exporter.context.owner.kubernetes import (
     PodAssignments,
     PodRef,
     gpu_key,
@@ -15,7 +16,6 @@ from exporter.context.kubernetes import (
     neuroncore_key,
     pods_for_device,
 )
-from exporter.context.model import HostContext, HostIdentity, PriceQuote
 from exporter.readings import DeviceIdentity, DeviceReading, SourceReport
 
 GPU0 = DeviceIdentity("nvidia0", "GPU-aaaa", "nvidia", "NVIDIA L4", "gpu")

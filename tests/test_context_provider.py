@@ -18,7 +18,7 @@ from fakes.server import ThreadedServer, serve
 
 from exporter.clock import ManualClock
 from exporter.config import parse_config
-from exporter.context.price_cache import FILE_NAME
+from exporter.context.price.price_cache import FILE_NAME
 from exporter.context.provider import ContextProvider
 from exporter.readings import ProcessReading
 

@@ -14,8 +14,8 @@ from exporter.accounting.ledger import Ledger
 from exporter.accounting.snapshot import DeviceSnapshot, Snapshot
 from exporter.clock import ManualClock
 from exporter.config.model import AccountingSettings, AttributionRule, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.exposition.collector import build_families
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs

@@ -16,8 +16,8 @@ import pytest
 from exporter.accounting.ledger import Ledger
 from exporter.clock import ManualClock
 from exporter.config.model import AccountingSettings, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
 from exporter.sim.scenario import Scenario, load_scenario, parse_scenario
 from exporter.sources.nvml import SAMPLES_READ_SECONDS, NvmlSource

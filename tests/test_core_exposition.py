@@ -19,8 +19,8 @@ from exporter.accounting.snapshot import Snapshot
 from exporter.clock import ManualClock
 from exporter.config import Config
 from exporter.config.model import AccountingSettings, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.context.provider import ContextProvider
 from exporter.daemon import Daemon, Options
 from exporter.exposition import render
@@ -420,8 +420,8 @@ def test_a_counter_outside_the_catalogue_is_refused_at_ingest_and_counted(caplog
     """One misspelled name from a source must not make every later render fail."""
     from exporter.accounting.ledger import Ledger
     from exporter.config.model import AccountingSettings
-    from exporter.context.attribution import RuleAttributor
     from exporter.context.model import HostContext, HostIdentity, PriceQuote
+    from exporter.context.owner.attribution import RuleAttributor
     from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, SourceReport
 
     identity = HostIdentity(provider="aws", instance_type="p4d.24xlarge", source="demo")

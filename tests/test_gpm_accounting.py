@@ -20,8 +20,8 @@ from exporter.accounting.ledger import Ledger
 from exporter.accounting.snapshot import DeviceSnapshot, Snapshot
 from exporter.config import ConfigInvalid, parse_config
 from exporter.config.model import AccountingSettings, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.exposition.collector import build_families
 
 INSTANCE_PRICE = 64.0  # 8 GPUs: 8 USD per GPU-hour

@@ -12,8 +12,8 @@ import pytest
 from exporter.accounting.ledger import Ledger
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_HELD
 from exporter.config.model import AccountingSettings, AttributionSettings, HostSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.readings import DeviceReading, SourceReport
 from exporter.sim.neuron_monitor import Window, build_record
 from exporter.sim.patterns import Burst, Constant, Schedule

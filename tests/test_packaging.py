@@ -39,7 +39,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(dist: Path) -> None:
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     for needed in (
         "exporter/py.typed",
-        "exporter/context/price_table.json",
+        "exporter/context/price/price_table.json",
         "exporter/sim/demo-config.yaml",
         "exporter/sim/scenarios/p4d-idle-fleet.yaml",
     ):

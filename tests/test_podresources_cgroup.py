@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.context.cgroup import CgroupFacts, parse_cgroup
+from exporter.context.owner.cgroup import CgroupFacts, parse_cgroup
 
 UID = "3f2a1b4c-1111-2222-3333-444455556666"
 UID_SYSTEMD = UID.replace("-", "_")

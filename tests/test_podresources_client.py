@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from exporter.context.cgroup import parse_cgroup
-from exporter.context.kubernetes import (
+from exporter.context.owner.cgroup import parse_cgroup
+from exporter.context.owner.kubernetes import (
     EMPTY,
     PodAssignments,
     PodRef,
@@ -156,7 +156,7 @@ def test_failed_refresh_keeps_the_previous_map(
     watcher = watcher_for(root)
     watcher.refresh()
     kubelet.failing = True
-    with caplog.at_level(logging.INFO, logger="exporter.context.kubernetes"):
+    with caplog.at_level(logging.INFO, logger="exporter.context.owner.kubernetes"):
         for _ in range(3):
             snapshot = watcher.refresh()
     assert snapshot.for_gpu(GPU0) == (PodRef("ml", "trainer-0", "main"),)
@@ -175,7 +175,7 @@ def test_no_socket_means_disabled_and_logged_once(tmp_path: Path, caplog: pytest
     )
     assert not watcher.enabled
     assert watcher.assignments is EMPTY
-    with caplog.at_level(logging.INFO, logger="exporter.context.kubernetes"):
+    with caplog.at_level(logging.INFO, logger="exporter.context.owner.kubernetes"):
         for _ in range(3):
             snapshot = watcher.refresh()
     assert snapshot.by_device_id == {} and snapshot.by_pod_uid == {}
@@ -314,7 +314,7 @@ def test_run_survives_a_refresh_that_raises(node: tuple[Path, FakeKubelet], capl
         finally:
             task.cancel()
 
-    with caplog.at_level(logging.INFO, logger="exporter.context.kubernetes"):
+    with caplog.at_level(logging.INFO, logger="exporter.context.owner.kubernetes"):
         asyncio.run(scenario())
     assert watcher.assignments.for_gpu(GPU0) == (PodRef("ml", "a", "main"),)
     assert watcher.last_error == ""

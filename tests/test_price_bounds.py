@@ -21,12 +21,12 @@ from conftest import ROOT, ExporterProcess, exporter_env
 
 from exporter.clock import ManualClock
 from exporter.config import ConfigInvalid, parse_config
-from exporter.context.builtin_prices import builtin_table
 from exporter.context.errors import ErrorCounts
 from exporter.context.model import HostIdentity
-from exporter.context.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR, price_problem
-from exporter.context.price_cache import FILE_NAME, PriceCache, cache_key
-from exporter.context.pricing import PriceResolver
+from exporter.context.price.builtin_prices import builtin_table
+from exporter.context.price.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR, price_problem
+from exporter.context.price.price_cache import FILE_NAME, PriceCache, cache_key
+from exporter.context.price.pricing import PriceResolver
 
 EPOCH = 1784548800.0  # 2026-07-20T12:00:00Z
 P4D = HostIdentity(provider="aws", instance_type="p4d.24xlarge", region="us-east-1", zone="us-east-1a")
@@ -61,7 +61,7 @@ def test_absurd_prices_are_refused_with_a_reason(value: float) -> None:
 
 
 def test_the_shipped_table_is_within_bounds_and_nothing_is_dropped() -> None:
-    raw = json.loads(resources.files("exporter.context").joinpath("price_table.json").read_text(encoding="utf-8"))
+    raw = json.loads(resources.files("exporter.context.price").joinpath("price_table.json").read_text(encoding="utf-8"))
     assert len(builtin_table().prices) == len(raw["prices"])
     assert all(price_problem(p) is None for p in builtin_table().prices.values())
 
@@ -114,7 +114,7 @@ def test_an_absurd_cached_price_is_refused_logged_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, raw: str
 ) -> None:
     write_cache(tmp_path, raw)
-    with caplog.at_level(logging.WARNING, logger="exporter.context.price_cache"):
+    with caplog.at_level(logging.WARNING, logger="exporter.context.price.price_cache"):
         resolver, errors = offline_resolver(tmp_path)
     quote = resolver.resolve_offline(P4D)
     assert (quote.source, quote.dollars_per_hour) == ("builtin", BUILTIN_P4D)
@@ -126,7 +126,7 @@ def test_an_absurd_cached_price_is_refused_logged_and_counted(
 def test_malformed_cache_entries_are_counted_in_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     entries = {f"k{i}": ["not", "an", "object"] for i in range(10)}
     (tmp_path / FILE_NAME).write_text(json.dumps({"version": 1, "entries": entries}))
-    with caplog.at_level(logging.WARNING, logger="exporter.context.price_cache"):
+    with caplog.at_level(logging.WARNING, logger="exporter.context.price.price_cache"):
         _, errors = offline_resolver(tmp_path)
     assert dict(errors.snapshot()) == {("price", "cache_bad_entry"): 10}
     assert len(caplog.records) == 1
@@ -153,7 +153,7 @@ def test_an_unreadable_cache_is_logged_once_counted_and_ignored(
         path.write_bytes(content)
     else:
         path.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="exporter.context.price_cache"):
+    with caplog.at_level(logging.WARNING, logger="exporter.context.price.price_cache"):
         resolver, errors = offline_resolver(tmp_path)
     assert resolver.resolve_offline(P4D).source == "builtin"
     assert dict(errors.snapshot()) == {("price", "cache_unreadable"): 1}

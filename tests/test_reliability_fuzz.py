@@ -28,11 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.accounting.ledger import Ledger
 from exporter.config import AttributionRule, AttributionSettings, Config, ConfigInvalid, load_config, parse_config
 from exporter.config.model import AccountingSettings
-from exporter.context.attribution import RuleAttributor
-from exporter.context.labels import sanitize_label
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
-from exporter.context.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR, price_problem
-from exporter.context.price_cache import FILE_NAME, CachedPrice, PriceCache
+from exporter.context.owner.attribution import RuleAttributor
+from exporter.context.owner.labels import sanitize_label
+from exporter.context.price.price_bounds import MAX_DOLLARS_PER_HOUR, MIN_DOLLARS_PER_HOUR, price_problem
+from exporter.context.price.price_cache import FILE_NAME, CachedPrice, PriceCache
 from exporter.exposition.render import RenderCache
 from exporter.readings import DeviceIdentity, DeviceReading, ProcessReading, SourceReport
 from exporter.sim.scenario import Scenario, load_scenario, parse_scenario

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from exporter import __version__
 from exporter.accounting.activity import ActivityBook, waste_activity
+from exporter.accounting.device_price import device_prices
 from exporter.accounting.idle_clock import IdleMark
 from exporter.accounting.labelcap import LabelCap
 from exporter.accounting.pair_cap import Pair, PairCap, fold_into_other
@@ -26,9 +27,8 @@ from exporter.accounting.snapshot import (
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_STATES, NO_STATE, classify
 from exporter.catalogue import counter_problem
 from exporter.config.model import AccountingSettings
-from exporter.context.device_price import device_prices
-from exporter.context.labels import sanitize_label
 from exporter.context.model import UNASSIGNED, Attributor, HostContext, HostIdentity, Owner, PodFacts, PriceQuote
+from exporter.context.owner.labels import sanitize_label
 from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
 
 log = logging.getLogger(__name__)

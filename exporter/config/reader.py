@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from exporter.context.price_bounds import BOUNDS_TEXT, price_problem
+from exporter.context.price.price_bounds import BOUNDS_TEXT, price_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

@@ -69,7 +69,7 @@ class Owner:
 
 
 class PodFacts(Protocol):
-    """A pod holding a device (exporter.context.kubernetes.PodRef has these fields)."""
+    """A pod holding a device (exporter.context.owner.kubernetes.PodRef has these fields)."""
 
     @property
     def namespace(self) -> str: ...

@@ -26,16 +26,16 @@ from dataclasses import replace
 
 from exporter.clock import Clock
 from exporter.config.model import Config, HostSettings
-from exporter.context.attribution import PodLookup, RuleAttributor
-from exporter.context.aws_api import AwsApi, AwsLookupError
-from exporter.context.builtin_prices import builtin_table
-from exporter.context.discovery import Discovered, bounded_tags
 from exporter.context.errors import ErrorCounts, LogOnce
-from exporter.context.metadata import COLLECTOR as METADATA
-from exporter.context.metadata import MetadataResolver, describe, merge_identity
+from exporter.context.host.discovery import Discovered, bounded_tags
+from exporter.context.host.metadata import COLLECTOR as METADATA
+from exporter.context.host.metadata import MetadataResolver, describe, merge_identity
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
-from exporter.context.price_cache import PriceCache
-from exporter.context.pricing import PriceResolver
+from exporter.context.owner.attribution import PodLookup, RuleAttributor
+from exporter.context.price.aws_api import AwsApi, AwsLookupError
+from exporter.context.price.builtin_prices import builtin_table
+from exporter.context.price.price_cache import PriceCache
+from exporter.context.price.pricing import PriceResolver
 from exporter.context.threads import run_in_thread
 from exporter.readings import HostHints
 

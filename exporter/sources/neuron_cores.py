@@ -23,10 +23,10 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from exporter.context.discovery import region_from_zone
 from exporter.readings import CounterDelta, DeviceIdentity, DeviceReading, HostHints, ProcessReading
 from exporter.sources.neuron_parse import HardwareInfo, InstanceInfo, MonitorRecord, RuntimeReport
 from exporter.sources.procfs import ProcessFacts, ProcessFactsReader, process_reading
+from exporter.zones import region_from_zone
 
 EXECUTION_METRIC = "accel_neuron_execution_total"
 EXECUTION_ERRORS_METRIC = "accel_neuron_execution_errors_total"

@@ -9,11 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from exporter.readings import ProcessReading
+from exporter.readings import COMMAND_PREFIX_CHARS, ProcessReading
 
-# A command line can be megabytes (generated argument lists): only this much of it is read, matched
-# by attribution rules and carried in readings.
-COMMAND_PREFIX_CHARS = 4096
+__all__ = ["COMMAND_PREFIX_CHARS", "ProcFs", "ProcessFacts", "ProcessFactsReader", "process_reading"]
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import aiohttp
 
 from exporter.clock import Clock
 from exporter.config.model import HostSettings, MetadataSettings
-from exporter.context.aws_imds import AwsImds
-from exporter.context.azure_imds import discover_azure
-from exporter.context.discovery import Discovered, MetadataFailure, NotThisCloud
 from exporter.context.errors import ErrorCounts, LogOnce
-from exporter.context.gcp_metadata import discover_gcp
+from exporter.context.host.aws_imds import AwsImds
+from exporter.context.host.azure_imds import discover_azure
+from exporter.context.host.discovery import Discovered, MetadataFailure, NotThisCloud
+from exporter.context.host.gcp_metadata import discover_gcp
 from exporter.context.model import HostIdentity
 from exporter.readings import HostHints
 

@@ -7,7 +7,7 @@ import json
 
 import aiohttp
 
-from exporter.context.discovery import Discovered, MetadataFailure, NotThisCloud, bounded_tags
+from exporter.context.host.discovery import Discovered, MetadataFailure, NotThisCloud, bounded_tags
 from exporter.context.model import HostIdentity
 
 # 2021-02-01 has every field used here (tagsList since 2019-06-04) and is served everywhere.

@@ -10,8 +10,9 @@ import asyncio
 
 import aiohttp
 
-from exporter.context.discovery import Discovered, MetadataFailure, NotThisCloud, region_from_zone
+from exporter.context.host.discovery import Discovered, MetadataFailure, NotThisCloud
 from exporter.context.model import HostIdentity
+from exporter.zones import region_from_zone
 
 BASE = "/computeMetadata/v1/instance/"
 FLAVOR = {"Metadata-Flavor": "Google"}

@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 
 from exporter.clock import Clock
 from exporter.config.model import PricingSettings
-from exporter.context.aws_api import AwsApi, AwsLookupError, live_pricing_available
-from exporter.context.builtin_prices import builtin_table, opencost_accelerator_share
 from exporter.context.errors import ErrorCounts, LogOnce
 from exporter.context.model import HostIdentity, PriceQuote
-from exporter.context.price_cache import CachedPrice, PriceCache, cache_key
+from exporter.context.price.aws_api import AwsApi, AwsLookupError, live_pricing_available
+from exporter.context.price.builtin_prices import builtin_table, opencost_accelerator_share
+from exporter.context.price.price_cache import CachedPrice, PriceCache, cache_key
 from exporter.context.threads import run_in_thread
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ Two node-local sources, no API server and no service-account token:
    owned by root, mode 0755: connecting needs uid 0 (no capability).
 2. The kubelet's **log directories**, for processes on devices that no device plugin assigned
    (shared GPUs, or `NVIDIA_VISIBLE_DEVICES=all` pods): a process's cgroup names its pod UID and
-   container ID (see `exporter.context.cgroup`), and the kubelet names its log directories
+   container ID (see `exporter.context.owner.cgroup`), and the kubelet names its log directories
    `/var/log/pods/<namespace>_<pod>_<uid>/` and `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`.
    Only directory listings are read, never the logs.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from exporter.context.cgroup import CgroupFacts
+from exporter.context.owner.cgroup import CgroupFacts
 from exporter.readings import DeviceIdentity
 
 if TYPE_CHECKING:

@@ -30,12 +30,11 @@ from dataclasses import replace
 
 from exporter.clock import Clock
 from exporter.config.model import AttributionRule, AttributionSettings
-from exporter.context.cgroup import CgroupFacts, parse_cgroup
-from exporter.context.labels import sanitize_label
 from exporter.context.model import UNASSIGNED, Attributor, HostIdentity, Owner, PodFacts
-from exporter.context.rule_index import RuleIndex
-from exporter.readings import ProcessReading, SourceReport
-from exporter.sources.procfs import COMMAND_PREFIX_CHARS
+from exporter.context.owner.cgroup import CgroupFacts, parse_cgroup
+from exporter.context.owner.labels import sanitize_label
+from exporter.context.owner.rule_index import RuleIndex
+from exporter.readings import COMMAND_PREFIX_CHARS, ProcessReading, SourceReport
 
 TAG_PREFIX = "tag:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+(?::[^{}]+)?)\}")

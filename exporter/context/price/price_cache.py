@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.context.errors import LogOnce
-from exporter.context.price_bounds import price_problem
+from exporter.context.price.price_bounds import price_problem
 
 log = logging.getLogger(__name__)
 

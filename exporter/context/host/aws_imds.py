@@ -17,15 +17,15 @@ import logging
 import aiohttp
 
 from exporter.clock import Clock
-from exporter.context.discovery import (
+from exporter.context.host.discovery import (
     MAX_TAGS,
     Discovered,
     MetadataFailure,
     NotThisCloud,
     bounded_tags,
-    region_from_zone,
 )
 from exporter.context.model import HostIdentity
+from exporter.zones import region_from_zone
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from exporter.context.price_bounds import price_problem
+from exporter.context.price.price_bounds import price_problem
 
 # Filters that select exactly one Linux on-demand price (shared tenancy, no pre-installed
 # software, not a capacity reservation and not a Capacity Block).

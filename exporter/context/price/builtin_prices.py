@@ -14,7 +14,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from exporter.context.price_bounds import price_problem
+from exporter.context.price.price_bounds import price_problem
 
 # OpenCost's default unit prices (configs/default.json): per vCPU-hour, per GiB-hour, per GPU-hour.
 # Only their ratios matter: the instance price is split in proportion to them.
@@ -51,7 +51,7 @@ def _parse(document: Any) -> BuiltinTable:
 @lru_cache(maxsize=1)
 def builtin_table() -> BuiltinTable:
     """The table shipped in the package (read once)."""
-    text = resources.files("exporter.context").joinpath("price_table.json").read_text(encoding="utf-8")
+    text = resources.files("exporter.context.price").joinpath("price_table.json").read_text(encoding="utf-8")
     return _parse(json.loads(text))
 
 

@@ -1,0 +1,1 @@
+"""Host identity: cloud metadata (AWS IMDSv2, GCP, Azure) merged with the static config and source hints."""

@@ -1,0 +1,1 @@
+"""Owners: process -> user / systemd unit / container / Kubernetes pod -> team, by the attribution rules."""
