@@ -24,8 +24,8 @@ from exporter.accounting.ledger import Ledger
 from exporter.accounting.snapshot import Snapshot
 from exporter.config import Config
 from exporter.config.model import AccountingSettings, AttributionSettings
-from exporter.context.attribution import RuleAttributor
 from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.owner.attribution import RuleAttributor
 from exporter.context.provider import ContextProvider
 from exporter.daemon import Daemon, Options
 from exporter.exposition.collector import SnapshotCollector
