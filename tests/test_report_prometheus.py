@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pngcheck import png_pixels
 from report_helpers import (
     BUSY_ID,
     END,
@@ -25,7 +26,6 @@ from report_helpers import (
     Server,
     chromium,
     json_report,
-    png_pixels,
     run_report,
     serve_prometheus,
     window_args,
