@@ -202,7 +202,9 @@ def test_idle_clock_survives_kill_9(tmp_path: Path, run_exporter: Callable[..., 
     scenario = tmp_path / "one-idle.yaml"
     scenario.write_text(
         "name: one-idle\nhost: {instance_type: p4d.24xlarge}\n"
-        "gpus:\n  - {index: 0, utilization: 0}\n  - {index: 1, utilization: {constant: 0.5}}\n",
+        "gpus:\n  - {index: 0, utilization: 0}\n  - {index: 1, utilization: {constant: 0.5}}\n"
+        "  - {index: 2, utilization: 0}\n"
+        'processes:\n  - {pid: 4100, device: "2", memory: 8GiB, user: alice, command: python train.py}\n',
         encoding="utf-8",
     )
     state = tmp_path / "state"
@@ -210,18 +212,25 @@ def test_idle_clock_survives_kill_9(tmp_path: Path, run_exporter: Callable[..., 
     first = run_exporter(args)
     _wait_for("nvidia0 idle for 3 s", lambda: _idle_seconds(first, "nvidia0") >= 3.0, first)
     before = _idle_seconds(first, "nvidia0")
+    held_before = _idle_seconds(first, "nvidia2")  # held by a process computing nothing: Abandoned's clock
+    assert held_before >= 3.0
     first.proc.send_signal(signal.SIGKILL)  # no shutdown handler runs: only the per-poll saves count
     first.proc.wait(10)
     saved = json.loads((state / FILE_NAME).read_text(encoding="utf-8"))
-    assert len(saved["devices"]) == 2
+    assert len(saved["devices"]) == 3
 
     second = run_exporter(args)
-    after = _idle_seconds(second, "nvidia0")
+    first_scrape = _samples(second.metrics())
+    after = first_scrape[("accel_idle_seconds", (("device", "nvidia0"),))]
     # A fresh clock would show well under a second; this one went on (kill and start took time too).
     assert after >= before, second.log()
+    # The held GPU too, from the first scrape on: its first poll has no utilization sample yet,
+    # which must not count as activity.
+    assert first_scrape[("accel_idle_seconds", (("device", "nvidia2"),))] >= held_before, second.log()
+    assert first_scrape[("accel_state", (("device", "nvidia2"), ("state", "idle_held")))] == 1
     _wait_for("the clock keeps growing", lambda: _idle_seconds(second, "nvidia0") > after + 0.5, second)
     assert _idle_seconds(second, "nvidia1") == 0.0
-    assert "idle clock: restored 2 device(s)" in second.log()
+    assert "idle clock: restored 3 device(s)" in second.log()
 
 
 def test_without_state_directory_one_info_line_says_so(run_exporter: Callable[..., ExporterProcess]) -> None:

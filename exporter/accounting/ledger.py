@@ -194,6 +194,7 @@ class Ledger:
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
+        restored = book is None and bool(reading.identity.uuid) and reading.identity.uuid in self._restored
         if book is None:
             book = self._devices[name] = self._new_book(collector, reading, now)
         dt = max(0.0, now - book.last_time)
@@ -201,6 +202,14 @@ class Ledger:
         book.reading = reading
         settings = self._settings
         vouched = _vouched_share(reading)
+        # The first poll after a start may have no utilization sample yet. For a whole GPU whose
+        # idle clock was restored (state directory, demo history) that is no sign of activity: the
+        # restored state holds, so a restart does not reset the clock of a device still idle. The
+        # first poll charges no interval (dt is 0), so nothing else changes. (MIG instances without
+        # GPM never report activity: they are classified as always.)
+        unmeasured = reading.up and reading.utilization is None and reading.identity.kind == "gpu"
+        if restored and unmeasured and not reading.identity.mig_parent:
+            vouched = 0.0
         # Time the source could not vouch for is charged to no state; with nothing known, the state holds.
         state = classify(reading, settings.idle_threshold, settings.noise_floor) if vouched else book.state
         if state != book.state:
