@@ -271,3 +271,33 @@ def test_exposition_says_owned_and_is_promtool_clean() -> None:
     assert 'accel_carbon_grams_total{device="nvidia1"' not in text
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_worked_example() -> None:
+    """docs/pricing.md's 8xA100 server: its figures, through the resolver and the ledger."""
+    doc = {
+        "pricing": {
+            "owned": {
+                "purchase_price": 200_000,
+                "lifetime_years": 4,
+                "residual_value": 20_000,
+                "overhead_per_device_hour": 0.25,
+                "electricity_per_kwh": 0.15,
+                "pue": 1.5,
+            }
+        },
+        "carbon": {"grid_intensity": 400},
+    }
+    host = Host(resolve(doc))
+    host.poll(5, {0: {"utilization": 1.0, "power_watts": 400.0}, 1: {"utilization": 0.0, "power_watts": 60.0}})
+    snap = host.poll(
+        3600, {0: {"utilization": 1.0, "power_watts": 400.0}, 1: {"utilization": 0.0, "power_watts": 60.0}}
+    )
+    busy, idle = device(snap, "nvidia0"), device(snap, "nvidia1")
+    assert round(busy.price_per_hour or 0, 4) == 0.8921
+    assert round(total(busy.cost), 4) == 0.9821
+    assert round(total(busy.carbon), 6) == 240.0
+    assert round(total(idle.cost), 4) == 0.9056
+    assert round(total(idle.idle_cost), 4) == round(total(idle.waste), 4) == 0.9056
+    assert round(total(idle.cost) * 730) == 661
+    assert round(total(idle.carbon) * 730 / 1000, 1) == 26.3
