@@ -154,7 +154,15 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "carries only its unallocated slices' share (k/7 on A100/H100), none when fully sliced.",
         "cost",
     ),
-    _m("accel_cost_dollars_total", "counter", _OWNER, "Money spent on the device, in USD.", "cost"),
+    _m(
+        "accel_cost_dollars_total",
+        "counter",
+        _OWNER,
+        'Money spent on the device, in USD: its hourly price x time; on owned hardware (price_source="owned") '
+        "plus the electricity it drew, accel_energy_joules_total increments x PUE x tariff (power x time where "
+        "the device has no energy counter).",
+        "cost",
+    ),
     _m(
         "accel_idle_cost_dollars_total",
         "counter",
@@ -168,6 +176,15 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         _OWNER,
         "Utilization-weighted waste in USD: price x time x max(0, target - activity) / target, where activity is "
         "utilization, or SM activity with accounting.waste_basis: sm where GPM is available (accel_waste_basis_info).",
+        "cost",
+    ),
+    _m(
+        "accel_carbon_grams_total",
+        "counter",
+        _OWNER,
+        "Grams of CO2e for the electricity the device drew: accel_energy_joules_total increments (power x time "
+        "where the device has no energy counter) x PUE x grid intensity (carbon.grid_intensity, else the dated "
+        "built-in AWS region table). Absent where the grid intensity is unknown.",
         "cost",
     ),
     _m(

@@ -16,13 +16,16 @@ def device_prices(quote: PriceQuote, devices: Sequence[DeviceIdentity]) -> dict[
     divided by the number of physical accelerators seen (GPUs, or NeuronCores on Inferentia and
     Trainium) and scaled by each device's `price_units`: 1.0 for a whole GPU or a NeuronCore,
     the slice fraction for a MIG instance (1g = 1/7 on A100/H100) and the unallocated remainder
-    for a MIG parent, so a fully sliced GPU still costs exactly one GPU.
+    for a MIG parent, so a fully sliced GPU still costs exactly one GPU. On owned hardware the
+    hosting overhead per device-hour (`quote.device_overhead_per_hour`) is added to that share.
     """
     by_model = dict(quote.device_model_prices)
     physical = sum(1 for d in devices if d.physical)
     per_accelerator: float | None = None
     if quote.dollars_per_hour is not None and quote.dollars_per_hour > 0 and physical > 0:
         per_accelerator = quote.dollars_per_hour * quote.accelerator_share / physical
+    if quote.device_overhead_per_hour > 0:
+        per_accelerator = (per_accelerator or 0.0) + quote.device_overhead_per_hour
     out: dict[str, float] = {}
     for device in devices:
         unit_price = by_model.get(device.model, per_accelerator)

@@ -34,6 +34,7 @@ from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceRepor
 log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
+JOULES_PER_KWH = 3.6e6
 USER_LABEL_LENGTH = 64
 COMMAND_LABEL_LENGTH = 128
 # Pods a device is allocated to, from the kubelet's pod-resources API.
@@ -61,6 +62,7 @@ class _DeviceBook:
     cost: dict[tuple[str, str], float] = field(default_factory=dict)
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
     waste: dict[tuple[str, str], float] = field(default_factory=dict)
+    carbon: dict[tuple[str, str], float] = field(default_factory=dict)
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
     pairs: PairCap = field(default_factory=PairCap)
     activity: ActivityBook = field(default_factory=ActivityBook)
@@ -225,7 +227,10 @@ class Ledger:
             book.has_busy = True
         book.activity.add(reading)
         activity, book.waste_basis = waste_activity(settings.waste_basis, reading)
-        self._energy(book, reading.energy_joules)
+        joules = self._energy(book, reading.energy_joules)
+        if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
+            # No energy counter ever (one read only every few polls still counts): power x time.
+            joules = reading.power_watts * dt
         book.processes, book.owner = self._owners(reading, host, attributor)
         for delta in reading.counters:
             problem = counter_problem(delta.metric, tuple(label for label, _ in delta.labels))
@@ -235,10 +240,19 @@ class Ledger:
             key = (delta.metric, delta.labels)
             book.counters[key] = book.counters.get(key, 0.0) + delta.value
         price = self._prices.get(name)
-        if price is None or dt <= 0:
+        quote = self._context.price if self._context is not None else None
+        grams_per_kwh = quote.carbon_grams_per_kwh if quote is not None else None
+        if dt <= 0 or (price is None and (grams_per_kwh is None or not joules)):
             return
-        dollars = price / SECONDS_PER_HOUR * dt
         owner_key = self._charged_pair(book, now)
+        kwh = (joules or 0.0) / JOULES_PER_KWH
+        if grams_per_kwh is not None and joules is not None:
+            book.carbon[owner_key] = book.carbon.get(owner_key, 0.0) + kwh * grams_per_kwh
+        if price is None:
+            return
+        # Owned hardware: the electricity the device drew this interval, at tariff x PUE.
+        energy_dollars = kwh * quote.energy_dollars_per_kwh if quote is not None else 0.0
+        dollars = price / SECONDS_PER_HOUR * dt + energy_dollars
         book.cost[owner_key] = book.cost.get(owner_key, 0.0) + dollars
         if state in IDLE_STATES and vouched:
             idle_key = (*owner_key, state)
@@ -280,18 +294,23 @@ class Ledger:
             fold_into_other(expired, book.cost)
             fold_into_other(expired, book.idle_cost)
             fold_into_other(expired, book.waste)
+            fold_into_other(expired, book.carbon)
         return charged
 
     @staticmethod
-    def _energy(book: _DeviceBook, raw: float | None) -> None:
+    def _energy(book: _DeviceBook, raw: float | None) -> float | None:
+        """Add the driver's energy reading to the device's counter; the joules added (None: no counter)."""
         if raw is None:
-            return
+            return None
+        added = 0.0
         if book.energy_total is None:
             book.energy_total = 0.0
         elif book.energy_raw is not None:
             # The driver's counter restarts at 0 on driver reload or GPU reset: keep ours monotonic.
-            book.energy_total += raw - book.energy_raw if raw >= book.energy_raw else raw
+            added = raw - book.energy_raw if raw >= book.energy_raw else raw
+            book.energy_total += added
         book.energy_raw = raw
+        return added
 
     def _capped(self, owner: Owner) -> Owner:
         """The owner with team and workload counted against the label cap (overflow becomes `other`)."""
@@ -394,6 +413,7 @@ class Ledger:
             cost=tuple(sorted(book.cost.items())),
             idle_cost=tuple(sorted(book.idle_cost.items())),
             waste=tuple(sorted(book.waste.items())),
+            carbon=tuple(sorted(book.carbon.items())),
             counters=tuple(sorted((m, labels, v) for (m, labels), v in book.counters.items())),
             activity=book.activity.snapshot(),
             waste_basis=book.waste_basis if book.state != NO_STATE else "",

@@ -56,6 +56,7 @@ class DeviceSnapshot:
     counters: tuple[tuple[str, Labels, float], ...]
     activity: ActivitySnapshot | None = None  # None: the device never had GPM
     waste_basis: str = ""  # "time" or "sm" for a device with a state; "" for a fully sliced MIG parent
+    carbon: tuple[tuple[tuple[str, str], float], ...] = ()  # grams CO2e by (team, workload)
 
 
 @dataclass(frozen=True)

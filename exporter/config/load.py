@@ -20,6 +20,7 @@ from exporter.config.model import (
     NeuronSettings,
     PricingSettings,
 )
+from exporter.config.owned import parse_carbon, parse_owned
 from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, finite_number, yaml_document
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -62,6 +63,7 @@ def parse_config(document: Any, source: str = "") -> Config:
         metadata=_metadata(top.section("metadata")),
         neuron=_neuron(top.section("neuron")),
         kubernetes=_kubernetes(top.section("kubernetes")),
+        carbon=parse_carbon(top.section("carbon")),
     )
     top.finish()
     if errors:
@@ -126,6 +128,7 @@ def _pricing(r: Reader) -> PricingSettings:
         refresh_seconds=r.duration("refresh_interval", d.refresh_seconds, minimum=60),
         spot_refresh_seconds=r.duration("spot_refresh_interval", d.spot_refresh_seconds, minimum=60),
         split=r.string("split", d.split, choices=("even", "opencost")),
+        owned=parse_owned(r),
     )
     aws.finish()
     r.finish()

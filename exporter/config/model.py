@@ -60,6 +60,35 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
+class OwnedHardware:
+    """What an owned machine (or one device model) cost: amortized linearly over its lifetime."""
+
+    purchase_price: float  # USD, for the whole host or for one device of the model
+    lifetime_years: float
+    residual_value: float = 0.0  # USD expected back at the end of the lifetime
+    overhead_per_device_hour: float = 0.0  # USD: space, network, staff
+
+
+@dataclass(frozen=True)
+class OwnedSettings:
+    """Owned (on-prem) hardware: amortization, hosting overhead and electricity."""
+
+    host: OwnedHardware | None = None  # the whole host, split over its accelerators
+    device_models: tuple[tuple[str, OwnedHardware], ...] = ()  # per device model; wins over host
+    electricity_dollars_per_kwh: float = 0.0
+    pue: float = 1.0  # facility power / IT power: cooling and power delivery on top of the device
+
+
+@dataclass(frozen=True)
+class CarbonSettings:
+    """Grid carbon intensity (g CO2e per kWh): a fixed value, per-region overrides, the built-in table."""
+
+    grid_intensity: float | None = None  # wins over the region table when set
+    regions: tuple[tuple[str, float], ...] = ()  # overrides for the built-in AWS region table
+    pue: float | None = None  # None: pricing.owned.pue on an owned host, else 1.0
+
+
+@dataclass(frozen=True)
 class PricingSettings:
     """Where prices come from, in order: config, live cloud price APIs, the built-in table."""
 
@@ -75,6 +104,8 @@ class PricingSettings:
     # How the instance price is split over accelerators: "even" (all of it, divided by the count)
     # or "opencost" (only the GPUs' share under OpenCost's default CPU/RAM/GPU unit-price weights).
     split: str = "even"
+    # Owned hardware (price_source "owned"); a configured instance_types price still wins.
+    owned: OwnedSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -143,3 +174,4 @@ class Config:
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
     neuron: NeuronSettings = field(default_factory=NeuronSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    carbon: CarbonSettings = field(default_factory=CarbonSettings)

@@ -142,6 +142,11 @@ class Reader:
         """Record a free-form problem with `key`."""
         self._errors.append(f"config key '{self.key_path(key)}': {message}")
 
+    @property
+    def error_count(self) -> int:
+        """Problems recorded so far in the whole document (to tell whether a value read cleanly)."""
+        return len(self._errors)
+
     def has(self, key: str) -> bool:
         """Whether the key is present (and marks it as known)."""
         self._seen.add(key)

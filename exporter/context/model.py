@@ -49,6 +49,12 @@ class PriceQuote:
     fetched_at: float | None = None
     # True when the price was read back from the on-disk cache rather than fetched this run.
     cached: bool = False
+    # Owned hardware (source "owned"): hosting overhead added to each device's hourly price per
+    # price unit, and what a kWh the device draws costs: the tariff times the facility's PUE.
+    device_overhead_per_hour: float = 0.0
+    energy_dollars_per_kwh: float = 0.0
+    # Grams of CO2e per kWh the device draws (grid intensity x PUE); None when unknown.
+    carbon_grams_per_kwh: float | None = None
 
     @property
     def known(self) -> bool:

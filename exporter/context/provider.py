@@ -84,6 +84,7 @@ class ContextProvider:
             PriceCache(state_directory if live else None),
             live=live,
             api=self._api,
+            carbon=config.carbon,
         )
         self._base_attributor = RuleAttributor(config.attribution)
         self._hints: HostHints | None = None

@@ -105,6 +105,8 @@ def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
             add("accel_idle_cost_dollars_total", (dev, team, workload, state), value)
         for (team, workload), value in d.waste:
             add("accel_waste_dollars_total", (dev, team, workload), value)
+        for (team, workload), value in d.carbon:
+            add("accel_carbon_grams_total", (dev, team, workload), value)
         for p in d.processes:
             o = p.owner
             pid = str(p.pid)

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from exporter.clock import Clock
-from exporter.config.model import PricingSettings
+from exporter.config.model import CarbonSettings, PricingSettings
+from exporter.config.owned import amortized_per_hour
 from exporter.context.errors import ErrorCounts, LogOnce
 from exporter.context.model import HostIdentity, PriceQuote
 from exporter.context.price.aws_api import AwsApi, AwsLookupError, live_pricing_available
 from exporter.context.price.builtin_prices import builtin_table, opencost_accelerator_share
+from exporter.context.price.carbon_table import grid_intensity
 from exporter.context.price.price_cache import CachedPrice, PriceCache, cache_key
 from exporter.context.threads import run_in_thread
 
@@ -32,6 +34,7 @@ SOURCE_ON_DEMAND = "aws-pricing-api"
 SOURCE_SPOT = "aws-spot"
 SOURCE_BUILTIN = "builtin"
 SOURCE_NONE = "none"
+SOURCE_OWNED = "owned"
 # Lifecycles with a public hourly list price; the others (reserved, savings-plan, capacity-block,
 # anything new) need a configured effective rate.
 PRICED_LIFECYCLES = ("on-demand", "spot")
@@ -63,8 +66,10 @@ class PriceResolver:
         cache: PriceCache,
         live: bool = True,
         api: AwsApi | None = None,
+        carbon: CarbonSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._carbon = carbon or CarbonSettings()
         self._clock = clock
         self._errors = errors
         self._cache = cache
@@ -108,6 +113,35 @@ class PriceResolver:
             accelerator_share=self._share(identity) if price is not None else 1.0,
             fetched_at=fetched_at,
             cached=cached,
+            carbon_grams_per_kwh=self._carbon_per_kwh(identity, 1.0),
+        )
+
+    def _carbon_per_kwh(self, identity: HostIdentity, owned_pue: float) -> float | None:
+        """Grid intensity x PUE (carbon.pue, else the owned facility's, else 1), or None when unknown."""
+        intensity = grid_intensity(self._carbon, identity.region)
+        if intensity is None:
+            return None
+        pue = self._carbon.pue if self._carbon.pue is not None else owned_pue
+        return intensity.grams_per_kwh * pue
+
+    def _owned(self, identity: HostIdentity) -> PriceQuote | None:
+        """Owned hardware: the host's amortization (split over its accelerators like an instance
+        price), per-model prices, overhead per device-hour, electricity at tariff x PUE."""
+        owned = self._settings.owned
+        if owned is None:
+            return None
+        host = owned.host
+        configured = dict(self._settings.device_models)
+        for model, hardware in owned.device_models:
+            configured.setdefault(model, amortized_per_hour(hardware) + hardware.overhead_per_device_hour)
+        return PriceQuote(
+            dollars_per_hour=amortized_per_hour(host) if host is not None else None,
+            source=SOURCE_OWNED,
+            device_model_prices=tuple(sorted(configured.items())),
+            lifecycle=self.lifecycle(identity),
+            device_overhead_per_hour=host.overhead_per_device_hour if host is not None else 0.0,
+            energy_dollars_per_kwh=owned.electricity_dollars_per_kwh * owned.pue,
+            carbon_grams_per_kwh=self._carbon_per_kwh(identity, owned.pue),
         )
 
     def _share(self, identity: HostIdentity) -> float:
@@ -204,6 +238,7 @@ class PriceResolver:
         """The chain without network calls: config, a fresh cached live price, built-in, none."""
         return (
             self._config(identity)
+            or self._owned(identity)
             or (self._from_cache(identity, None) if self._live_applicable(identity) else None)
             or self._builtin(identity)
             or self._none(identity)
@@ -212,7 +247,7 @@ class PriceResolver:
     async def resolve(self, identity: HostIdentity) -> PriceQuote:
         """The full chain; waits at most `pricing.aws.timeout` for AWS."""
         self.last_live_failed = False
-        configured = self._config(identity)
+        configured = self._config(identity) or self._owned(identity)
         if configured is not None:
             return configured
         self._warn_lifecycle(identity)
