@@ -123,13 +123,17 @@ def pick_free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll `check` until it holds; fail naming `what` after `timeout` s. The deadline is generous
-    on purpose: on a loaded 2-core machine a condition can take many times its usual time."""
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float = 60.0, explain: Callable[[], str] | None = None
+) -> None:
+    """Poll `check` until it holds; fail naming `what` (and `explain()`, e.g. a process's log) after
+    `timeout` s. Deadlines are generous on purpose: on a loaded 2-core machine a condition can take
+    many times its usual time."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(0.05)
 
 

@@ -5,21 +5,13 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 from test_neuron_source import reaped
 
 from exporter.sources.neuron import DEFAULT_STOP_TIMEOUT_SECONDS
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_sigterm_with_a_stuck_monitor_exits_zero_promptly_without_a_traceback(
@@ -46,7 +38,7 @@ def test_sigterm_with_a_stuck_monitor_exits_zero_promptly_without_a_traceback(
             "200ms",
         ]
     )
-    _wait_until(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), "the monitor to start")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), "the monitor to start", 20.0)
     monitor = int(pid_file.read_text())
     started = time.monotonic()
     exporter.signal(signal.SIGTERM)
@@ -59,7 +51,7 @@ def test_sigterm_with_a_stuck_monitor_exits_zero_promptly_without_a_traceback(
     assert f"ignored SIGTERM for {DEFAULT_STOP_TIMEOUT_SECONDS:.1f}s; killing it" in log, log
     assert "gave up" not in log, log
     assert elapsed < 5.0, f"SIGTERM took {elapsed:.1f}s"
-    _wait_until(lambda: reaped(monitor), "the stuck monitor to be reaped", timeout=5.0)
+    wait_until(lambda: reaped(monitor), "the stuck monitor to be reaped", timeout=5.0)
 
 
 def test_the_docs_state_the_stop_timeout_the_code_uses() -> None:

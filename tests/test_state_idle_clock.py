@@ -9,12 +9,11 @@ import logging
 import math
 import signal
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ExporterProcess
+from conftest import ExporterProcess, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -187,14 +186,6 @@ def _idle_seconds(exporter: ExporterProcess, device: str) -> float:
     return _samples(exporter.metrics()).get(("accel_idle_seconds", (("device", device),)), math.nan)
 
 
-def _wait_for(what: str, condition: Callable[[], bool], exporter: ExporterProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s\n{exporter.log()}")
-        time.sleep(0.05)
-
-
 # --- a real exporter, killed -----------------------------------------------------------------------
 
 
@@ -210,7 +201,7 @@ def test_idle_clock_survives_kill_9(tmp_path: Path, run_exporter: Callable[..., 
     state = tmp_path / "state"
     args = ["--demo", str(scenario), "--collector.interval", "0.2s", "--state.directory", str(state)]
     first = run_exporter(args)
-    _wait_for("nvidia0 idle for 3 s", lambda: _idle_seconds(first, "nvidia0") >= 3.0, first)
+    wait_until(lambda: _idle_seconds(first, "nvidia0") >= 3.0, "nvidia0 idle for 3 s", explain=first.log)
     before = _idle_seconds(first, "nvidia0")
     held_before = _idle_seconds(first, "nvidia2")  # held by a process computing nothing: Abandoned's clock
     assert held_before >= 3.0
@@ -228,7 +219,7 @@ def test_idle_clock_survives_kill_9(tmp_path: Path, run_exporter: Callable[..., 
     # which must not count as activity.
     assert first_scrape[("accel_idle_seconds", (("device", "nvidia2"),))] >= held_before, second.log()
     assert first_scrape[("accel_state", (("device", "nvidia2"), ("state", "idle_held")))] == 1
-    _wait_for("the clock keeps growing", lambda: _idle_seconds(second, "nvidia0") > after + 0.5, second)
+    wait_until(lambda: _idle_seconds(second, "nvidia0") > after + 0.5, "the clock keeps growing", explain=second.log)
     assert _idle_seconds(second, "nvidia1") == 0.0
     assert "idle clock: restored 3 device(s)" in second.log()
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import trustme
-from conftest import ExporterProcess, http_get, start_exporter
+from conftest import http_get, start_exporter, wait_until
 from test_core_config import run_cli
 
 from exporter.config import ConfigInvalid, load_config
@@ -21,13 +20,6 @@ TIMEOUT = 20.0  # a generous bound: before the fix these hung until killed
 def fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
-
-
-def wait_until(condition: object, what: str, exporter: ExporterProcess) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}:\n{exporter.log()}"
-        time.sleep(0.05)
 
 
 def test_check_config_refuses_a_fifo_as_config_or_web_config(tmp_path: Path) -> None:
@@ -80,7 +72,7 @@ def test_sighup_with_the_config_replaced_by_a_fifo_is_refused_and_scrapes_go_on(
         web.unlink()
         fifo(web)
         exporter.signal(signal.SIGHUP)
-        wait_until(lambda: "configuration reload refused" in exporter.log(), "no refusal logged", exporter)
+        wait_until(lambda: "configuration reload refused" in exporter.log(), "no refusal logged", TIMEOUT, exporter.log)
         assert "FIFO (named pipe)" in exporter.log()
         result = http_get(exporter.url + "/metrics", timeout=TIMEOUT)
         assert result.status == 200 and 'p4d.24xlarge"' in result.text
@@ -88,7 +80,8 @@ def test_sighup_with_the_config_replaced_by_a_fifo_is_refused_and_scrapes_go_on(
         wait_until(
             lambda: exporter.get("/-/healthy").status == 200 and "keeping the previous web config" in exporter.log(),
             "web config not refused",
-            exporter,
+            TIMEOUT,
+            exporter.log,
         )
         assert exporter.proc.poll() is None
     finally:
