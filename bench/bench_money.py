@@ -55,13 +55,13 @@ async def measure(scenario_name: str, interval: float, hours: float) -> dict[str
     cache = RenderCache(process_metrics=False)
     await source.start()
     ledger.ingest(await source.poll(), provider.current(), clock.monotonic())
-    cache.update(ledger.snapshot(clock.monotonic()))
+    cache.publish(ledger.snapshot(clock.monotonic()))
     start = totals(cache)
     steps = int(hours * 3600 / interval)
     for _ in range(steps):
         clock.advance(interval)
         ledger.ingest(await source.poll(), provider.current(), clock.monotonic())
-    cache.update(ledger.snapshot(clock.monotonic()))
+    cache.publish(ledger.snapshot(clock.monotonic()))
     end = totals(cache)
     await source.stop()
     elapsed_hours = steps * interval / 3600

@@ -154,7 +154,7 @@ async def cycle_breakdown(scenario_name: str, interval: float, cycles: int = 200
         t2 = time.perf_counter()
         snapshot = ledger.snapshot(clock.monotonic())
         t3 = time.perf_counter()
-        cache.update(snapshot)
+        cache.publish(snapshot)
         cache.get_now(openmetrics=True, gzipped=True)  # what a Prometheus scrape of this snapshot asks for
         t4 = time.perf_counter()
         if i >= 10:

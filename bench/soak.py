@@ -364,7 +364,7 @@ class AcceleratedFleet:
 
     def publish(self) -> str:
         """Snapshot and render, as after every poll in the daemon; returns the text exposition."""
-        self.cache.update(self.ledger.snapshot(self.now))
+        self.cache.publish(self.ledger.snapshot(self.now))
         rendered = self.cache.text()
         assert rendered is not None
         return rendered.body.decode("utf-8")

@@ -408,7 +408,7 @@ class Daemon:
             self._record_context()
 
     def _publish(self) -> None:
-        self.cache.update(self.ledger.snapshot(self.clock.monotonic()))
+        self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))
 
     async def reload(self) -> bool:
         """SIGHUP: re-read the configuration; a bad file is refused and the old one stays."""

@@ -148,20 +148,20 @@ def test_render_once_per_snapshot_and_only_what_is_asked() -> None:
     cache = RenderCache()
     assert cache.text() is None and cache.openmetrics() is None
     first, second = snapshots(2)
-    cache.update(first)
+    cache.publish(first)
     assert cache.renders == 0  # publishing renders nothing
     bodies = {id(cache.text().body) for _ in range(50)}  # type: ignore[union-attr]
     assert len(bodies) == 1 and cache.renders == 1  # the text format, once
     om = [cache.openmetrics() for _ in range(5)]
     assert cache.renders == 2 and all(x is om[0] for x in om)
-    cache.update(second)
+    cache.publish(second)
     assert cache.renders == 2 and cache.version == second.version
     assert cache.openmetrics() is not om[0] and cache.renders == 3  # text of `second` is still not rendered
 
 
 def test_gzip_is_the_same_document() -> None:
     cache = RenderCache()
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     text = cache.text()
     packed = cache.get_now(openmetrics=False, gzipped=True)
     assert text is not None and packed is not None and packed.gzipped and not text.gzipped
@@ -242,7 +242,7 @@ async def test_ready_is_503_before_the_first_poll_and_200_after(http: Callable[.
     response = await client.get("/metrics")
     assert response.status == 503
     assert (await client.get("/-/healthy")).status == 200  # alive even before data
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     state["ready"] = True
     assert (await client.get("/-/ready")).status == 200
     response = await client.get("/metrics")
@@ -254,7 +254,7 @@ async def test_ready_is_503_before_the_first_poll_and_200_after(http: Callable[.
 async def test_scrapes_serve_the_cached_bytes(http: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     calls = counting(monkeypatch, "generate_latest")
     cache = RenderCache()
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     client = await http(cache, lambda: True)
     bodies = [await (await client.get("/metrics")).read() for _ in range(20)]
     assert len(set(bodies)) == 1 and bodies[0] == cache.text().body  # type: ignore[union-attr]
@@ -263,7 +263,7 @@ async def test_scrapes_serve_the_cached_bytes(http: Callable[..., Any], monkeypa
 
 async def test_openmetrics_on_request(http: Callable[..., Any]) -> None:
     cache = RenderCache()
-    cache.update(snapshots(2)[1])
+    cache.publish(snapshots(2)[1])
     client = await http(cache, lambda: True)
     response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert response.status == 200
@@ -281,7 +281,7 @@ async def test_openmetrics_on_request(http: Callable[..., Any]) -> None:
 )
 async def test_gzip_when_asked(http: Callable[..., Any], encoding: str, gzipped: bool) -> None:
     cache = RenderCache()
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     client = await http(cache, lambda: True)
     response = await client.get("/metrics", headers={"Accept-Encoding": encoding})
     body = await response.read()
@@ -295,7 +295,7 @@ async def test_gzip_when_asked(http: Callable[..., Any], encoding: str, gzipped:
 
 async def test_openmetrics_gzipped(http: Callable[..., Any]) -> None:
     cache = RenderCache()
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     client = await http(cache, lambda: True)
     response = await client.get(
         "/metrics", headers={"Accept": "application/openmetrics-text", "Accept-Encoding": "gzip"}
@@ -306,7 +306,7 @@ async def test_openmetrics_gzipped(http: Callable[..., Any]) -> None:
 
 async def test_landing_page_probes_and_404(http: Callable[..., Any]) -> None:
     cache = RenderCache()
-    cache.update(snapshots(1)[0])
+    cache.publish(snapshots(1)[0])
     client = await http(cache, lambda: True, "/stats")
     landing = await client.get("/")
     assert landing.status == 200

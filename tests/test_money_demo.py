@@ -43,7 +43,7 @@ async def _simulate(host: HostSettings | None = None, steps: int = STEPS) -> byt
         clock.advance(INTERVAL)
     await source.stop()
     cache = RenderCache(process_metrics=False)
-    cache.update(ledger.snapshot(clock.monotonic()))
+    cache.publish(ledger.snapshot(clock.monotonic()))
     rendered = cache.text()
     assert rendered is not None
     return rendered.body

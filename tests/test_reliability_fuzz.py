@@ -420,7 +420,7 @@ def exposition_of(processes: list[tuple[str, str]]) -> str:
         reading = DeviceReading(device, True, 3.0, 15.0, 0.2, 2**30, 2**35, processes=readings)
         ledger.ingest(SourceReport("nvml", (reading,), True, 0.01, 1.8e9 + now), context, now)
     cache = RenderCache(process_metrics=False)
-    cache.update(ledger.snapshot(15.0))
+    cache.publish(ledger.snapshot(15.0))
     text = cache.text()
     openmetrics = cache.openmetrics()
     assert text is not None and openmetrics is not None

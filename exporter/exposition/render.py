@@ -111,8 +111,6 @@ class RenderCache:
         """Make `snapshot` the one scrapes see. Renders nothing: the first scrape that wants it does."""
         self._latest = snapshot
 
-    update = publish  # start-up, tests and benchmarks publish the same way
-
     def _fresh(self, variant: Variant) -> Rendered | None:
         done = self._done.get(variant)
         if done is not None and self._latest is not None and done.version == self._latest.version:
