@@ -8,16 +8,14 @@ is outside price_bounds: the cache only saves API calls, it is never needed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.atomic_file import write_atomically
 from exporter.context.errors import LogOnce
 from exporter.context.price.price_bounds import price_problem
 
@@ -113,20 +111,10 @@ class PriceCache:
     def _write(self, entries: dict[str, dict[str, object]]) -> bool:
         if self._path is None:
             return True
-        # allow_nan=False: the file stays strict JSON even if a bad price ever got this far.
-        text = json.dumps({"version": VERSION, "entries": entries}, indent=1, sort_keys=True, allow_nan=False)
-        tmp_name: str | None = None
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=".price-cache.", suffix=".tmp", dir=self._path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self._path)
-            tmp_name = None
-            self._once.forget("write")
-            return True
+            # allow_nan=False: the file stays strict JSON even if a bad price ever got this far.
+            text = json.dumps({"version": VERSION, "entries": entries}, indent=1, sort_keys=True, allow_nan=False)
+            write_atomically(self._path, text)
         except (OSError, ValueError) as exc:
             self._once.log(
                 "write",
@@ -136,10 +124,8 @@ class PriceCache:
                 getattr(exc, "strerror", None) or exc,
             )
             return False
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+        self._once.forget("write")
+        return True
 
 
 class CacheUnreadable(Exception):
