@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,10 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 # Programs the suite runs for real, and the Debian package that brings each. A missing one stops
@@ -135,6 +138,28 @@ def wait_until(
             detail = f"\n{explain()}" if explain is not None else ""
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(0.05)
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()`, failing the test if it has not returned after `seconds`: for calls that a
+    regression would block forever (reading a FIFO), so the suite fails instead of hanging."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # handed back to the test below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)  # a blocked worker must not keep pytest alive
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"still blocked after {seconds:.0f} s")
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 @pytest.fixture

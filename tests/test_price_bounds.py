@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, ExporterProcess, exporter_env
+from conftest import ROOT, ExporterProcess, exporter_env, within
 
 from exporter.clock import ManualClock
 from exporter.config import ConfigInvalid, parse_config
@@ -159,6 +160,18 @@ def test_an_unreadable_cache_is_logged_once_counted_and_ignored(
     assert dict(errors.snapshot()) == {("price", "cache_unreadable"): 1}
     (line,) = [r.getMessage() for r in caplog.records]
     assert str(path) in line and why in line
+
+
+def test_a_fifo_in_place_of_the_cache_is_ignored_not_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    os.mkfifo(tmp_path / FILE_NAME)  # opening it for reading would block until a writer came
+    with caplog.at_level(logging.WARNING, logger="exporter.context.price.price_cache"):
+        resolver, errors = within(20, lambda: offline_resolver(tmp_path))
+    assert resolver.resolve_offline(P4D).source == "builtin"
+    assert dict(errors.snapshot()) == {("price", "cache_unreadable"): 1}
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "FIFO (named pipe)" in line
 
 
 # --- the daemon ------------------------------------------------------------------------------------

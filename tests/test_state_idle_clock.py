@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ExporterProcess, wait_until
+from conftest import ExporterProcess, wait_until, within
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -106,6 +107,12 @@ def test_binary_oversized_and_unreadable_files_are_ignored(tmp_path: Path, caplo
     assert not IdleClockFile(tmp_path).save({})  # cannot replace a directory: logged, not raised
     assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]  # and the temporary file is gone
     assert "not UTF-8" in caplog.text and "larger than" in caplog.text and "cannot be read" in caplog.text
+
+
+def test_a_fifo_in_place_of_the_file_is_ignored_not_waited_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    os.mkfifo(tmp_path / FILE_NAME)  # opening it for reading would block until a writer came
+    assert within(20, lambda: IdleClockFile(tmp_path).load(NOW)) == {}
+    assert "FIFO (named pipe)" in caplog.text
 
 
 def test_missing_file_is_a_first_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from exporter.accounting.states import ACTIVE, IDLE_FREE, IDLE_HELD
 from exporter.atomic_file import write_atomically
+from exporter.config.files import read_regular_file
 from exporter.context.errors import LogOnce
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class IdleClockFile:
     def load(self, now: float) -> dict[str, IdleMark]:
         """The saved marks; empty (and a warning naming the problem) when the file cannot be trusted."""
         try:
-            with self.path.open("rb") as handle:
-                raw = handle.read(MAX_FILE_BYTES + 1)
+            raw = read_regular_file(self.path, MAX_FILE_BYTES)  # a FIFO in its place must not hang the start
         except FileNotFoundError:
             log.info("idle clock: no %s yet; idle times count from the first poll", self.path)
             return {}

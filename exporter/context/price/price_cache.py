@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.atomic_file import write_atomically
+from exporter.config.files import read_regular_file
 from exporter.context.errors import LogOnce
 from exporter.context.price.price_bounds import price_problem
 
@@ -135,8 +136,7 @@ class CacheUnreadable(Exception):
 def _read_document(path: Path) -> object:
     """The parsed file; FileNotFoundError when absent, CacheUnreadable for anything else wrong."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
+        raw = read_regular_file(path, MAX_FILE_BYTES)  # a FIFO in its place must not hang the start
     except FileNotFoundError:
         raise
     except OSError as exc:
