@@ -1,7 +1,7 @@
 """A synthetic fleet's exporter series as OpenMetrics, for `promtool tsdb create-blocks-from openmetrics`,
 with the ground truth the report must find; and a Prometheus or VictoriaMetrics serving it on loopback.
 
-Used by tests/test_report_*.py (small fleets) and bench/bench_report.py (1,000 hosts x 8 GPUs x 7 days).
+Used by the report tests in tests/unit/report/ and tests/system/ (small fleets) and bench/bench_report.py (1,000 hosts x 8 GPUs x 7 days).
 Each device follows the exporter's accounting exactly: per scrape interval `dt` at utilization `u`,
 busy += u*dt, the state's seconds += dt, cost += price*dt, idle cost += price*dt while idle,
 waste += price*dt*max(0, 0.8-u)/0.8.

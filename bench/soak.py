@@ -9,7 +9,7 @@ PriceQuote. Alongside, `Truth` integrates the scenario's own patterns and proces
     python bench/soak.py                      # 24 simulated hours at 15 s, then 1 hour behind HTTP
     python bench/soak.py --hours 6 --http-hours 0
 
-The tests (tests/test_reliability_soak.py) import this file and run shorter versions of the same.
+The tests (tests/system/test_reliability_soak.py) import this file and run shorter versions of the same.
 """
 
 # ruff: noqa: E402  (the checkout goes on sys.path before the exporter's imports)

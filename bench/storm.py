@@ -9,7 +9,7 @@ scrapes: a poll delayed by more than one interval shows as a gap over two interv
     python bench/storm.py                          # 200 scrapers for 60 s, 1 s poll interval
     python bench/storm.py --scrapers 50 --seconds 5
 
-The test suite (tests/test_reliability_storm.py) runs a short version of the same `storm()`.
+The test suite (tests/system/test_reliability_storm.py) runs a short version of the same `storm()`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Run `python grafana/generate.py` after editing; it rewrites the committed JSON next to it
 (`--check` only reports stale files, exit 1; `--help` for the options), and
-tests/test_dashboards_lint.py fails when the JSON and this script disagree. Plain dicts, no
+tests/contract/test_dashboards_lint.py fails when the JSON and this script disagree. Plain dicts, no
 dashboard SDK: the output is ordinary Grafana JSON (schemaVersion 39, Grafana >= 10.4), with the
 data source as the `datasource` variable so file provisioning and the sidecar both work.
 
 Why not grafana-foundation-sdk (Grafana's typed builders, Apache-2.0), evaluated with the
 1769699796!10.4.0 wheel by rebuilding host-detail with its builders, reusing this file's PromQL
 helpers, until the JSON matched ours panel for panel (same titles, queries, refIds, uids, grid
-positions and ids) and passed every check of tests/test_dashboards_lint.py that reads the JSON:
+positions and ids) and passed every check of tests/contract/test_dashboards_lint.py that reads the JSON:
 - Barely shorter, and not where the length is. Formatted by ruff at 120 columns, host-detail's
   panels take 305 lines with the builders against 300 here: every chained setter gets its own
   line. Only the framework shrinks: 229 lines (52 of imports, 115 of wrappers and patches, 61 of

@@ -22,6 +22,7 @@ from typing import TypeVar
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 T = TypeVar("T")
 
 
@@ -314,14 +315,36 @@ def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
         exporter.stop()
 
 
-def bench_module(name: str) -> ModuleType:
-    """Import `bench/<name>.py` (not a package) so tests run the benchmarks' code in short form."""
-    module_name = f"bench_{name}"
+def script_module(module_name: str, path: Path) -> ModuleType:
+    """Import a script that is not in a package, once per run."""
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+def bench_module(name: str) -> ModuleType:
+    """Import `bench/<name>.py` (not a package) so tests run the benchmarks' code in short form."""
+    return script_module(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+
+
+def grafana_generator() -> ModuleType:
+    """Import grafana/generate.py, the dashboards' source."""
+    return script_module("grafana_generate", ROOT / "grafana" / "generate.py")
+
+
+def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m exporter ARGS` from the checkout and return what it did."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=ROOT,
+        env=exporter_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -8,7 +8,7 @@ Sources: every `alerts/*.yml` that is a Prometheus rule file (a top-level `group
 Alertmanager example and promtool test files are skipped), recording rules first, and every
 `grafana/*.json` dashboard, one ConfigMap each (labelled `grafana_dashboard: "1"` for the
 Grafana sidecar; one per dashboard keeps each under the 256 KiB annotation limit of
-client-side `kubectl apply`). tests/test_deploy_kubernetes.py fails when the committed
+client-side `kubectl apply`). tests/contract/test_deploy_kubernetes.py fails when the committed
 files drift from their sources.
 """
 
