@@ -10,18 +10,27 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, ExporterProcess, start_exporter
+from conftest import ROOT, ExporterProcess, start_exporter, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalogue import BY_NAME, CATALOGUE
 from exporter.exposition.reference import render_reference
 from exporter.sim.scenario import builtin_scenarios
 
-SCRAPE_AFTER_SECONDS = 2.5
+POLLS_BEFORE_SCRAPING = 2  # at the 1 s interval below
 FORBIDDEN_SUFFIXES = ("_percent", "_mib", "_milliwatts", "_kib", "_gib", "_mb", "_milliseconds", "_celsius_total")
 SAMPLE_NAME = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)")
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+
+
+LAST_SAMPLE = re.compile(r'^accel_exporter_last_sample_timestamp_seconds\{collector="[^"]*"\} (\S+)$', re.M)
+
+
+def sampled_since(metrics: str, unix_time: float) -> bool:
+    """Whether every collector in `metrics` has a sample newer than `unix_time`."""
+    times = [float(value) for value in LAST_SAMPLE.findall(metrics)]
+    return bool(times) and min(times) >= unix_time
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,15 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             )
         for exporter in running.values():
             exporter.wait_ready()
-        time.sleep(SCRAPE_AFTER_SECONDS)
+        # Money and busy counters exist from the second poll: wait until every collector of every
+        # exporter has sampled POLLS_BEFORE_SCRAPING more times since all were ready.
+        ready = time.time()
+        for name, exporter in running.items():
+            wait_until(
+                lambda exporter=exporter: sampled_since(exporter.metrics(), ready + POLLS_BEFORE_SCRAPING),
+                f"{name}: every collector sampled {POLLS_BEFORE_SCRAPING} polls after start-up",
+                explain=exporter.log,
+            )
         yield {name: exporter.metrics() for name, exporter in running.items()}
     finally:
         for exporter in running.values():

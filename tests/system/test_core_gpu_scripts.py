@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, ExporterProcess, bench_module
+from conftest import ROOT, ExporterProcess, bench_module, wait_until
 
 from exporter.clock import SystemClock
 from exporter.sim.fake_nvml import FakeNvml
@@ -98,12 +98,23 @@ def test_gpu_check_gpm_proof_on_the_simulator(run_exporter: Callable[..., Export
     exporter = run_exporter(["--demo", str(path), "--collector.interval", "500ms"])
     assert time.monotonic() - launched < 12, "the exporter must be up before the simulated loads start"
 
-    def until_the_loads_end() -> None:
-        time.sleep(max(0.0, launched + 19.5 - time.monotonic()))
+    def until_the_load_ends_on(device: str) -> Callable[[], None]:
+        # The simulated load runs on the scenario's clock, not in a child process: wait until the
+        # exporter has seen it start and end, however late a loaded machine runs the exporter.
+        seen: list[float] = []
+
+        def utilization() -> float:
+            return gpu_check.value(gpu_check.scrape(exporter.port), "accel_utilization_ratio", device) or 0.0
+
+        def ended() -> bool:
+            seen.append(utilization())
+            return max(seen) > 0.0 and seen[-1] == 0.0
+
+        return lambda: wait_until(ended, f"the simulated load on {device} to start and end", timeout=120)
 
     with ThreadPoolExecutor(2) as pool:  # both at once: each waits for the GPM reads after the load
-        spin = pool.submit(gpu_check.measure_gpm, exporter.port, "nvidia0", until_the_loads_end, 4.0)
-        matmul = pool.submit(gpu_check.measure_gpm, exporter.port, "nvidia1", until_the_loads_end, 4.0)
+        spin = pool.submit(gpu_check.measure_gpm, exporter.port, "nvidia0", until_the_load_ends_on("nvidia0"), 4.0)
+        matmul = pool.submit(gpu_check.measure_gpm, exporter.port, "nvidia1", until_the_load_ends_on("nvidia1"), 4.0)
         spin_rates, matmul_rates = spin.result(timeout=120), matmul.result(timeout=120)
     assert spin_rates == pytest.approx((1.0, 1 / 98), rel=0.05)
     assert matmul_rates == pytest.approx((0.97, 0.9), rel=0.05)

@@ -85,8 +85,7 @@ def read_all(client: socket.socket, pause: float = 0.0) -> bytes:
 def test_sigterm_during_a_scrape_completes_it_and_exits_0(slow_path_exporter: Any) -> None:
     exporter = slow_path_exporter("--demo", str(FLEET_64), "--collector.interval", "1s")
     client = slow_client(exporter.port)
-    time.sleep(0.3)
-    first = client.recv(4096)
+    first = client.recv(4096)  # blocks until the exporter is writing the scrape
     assert first.startswith(b"HTTP/1.1 200")
     exporter.signal(signal.SIGTERM)
     time.sleep(0.4)
@@ -106,7 +105,7 @@ def test_sigterm_during_a_scrape_completes_it_and_exits_0(slow_path_exporter: An
 def test_a_stalled_scraper_does_not_hold_up_shutdown(slow_path_exporter: Any) -> None:
     exporter = slow_path_exporter("--demo", str(FLEET_64), "--collector.interval", "1s")
     client = slow_client(exporter.port)  # never reads
-    time.sleep(0.3)
+    client.recv(1, socket.MSG_PEEK)  # the exporter is writing the scrape (peeking leaves it unread)
     started = time.monotonic()
     exporter.signal(signal.SIGTERM)
     assert exporter.proc.wait(10) == 0
