@@ -48,7 +48,8 @@ def _recording_rules() -> list[dict[str, Any]]:
 
 
 def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    # A hang guard only: one rules test can take 20 s of CPU, and minutes beside other load.
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
 
 
 def _stripped_tree(tmp_path: Path) -> Path:
