@@ -25,6 +25,7 @@ from exporter.config import load_config
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
+from exporter.sim.host import SimulatedHost
 from exporter.sim.scenario import load_scenario
 from exporter.sources.nvml import NvmlSource
 
@@ -49,7 +50,7 @@ async def measure(scenario_name: str, interval: float, hours: float) -> dict[str
     fake = FakeNvml(scenario, clock)
     source = NvmlSource(fake.module, clock, SimProcFs(fake))
     config = load_config(str(DEMO_CONFIG))
-    provider = ContextProvider(config, clock, scenario.host)
+    provider = ContextProvider(config, clock, SimulatedHost(scenario))
     await provider.start()
     ledger = Ledger(config.accounting, config.attribution.max_label_values)
     cache = RenderCache(process_metrics=False)

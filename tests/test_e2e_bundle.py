@@ -49,7 +49,7 @@ import yaml
 from conftest import pick_free_port
 from test_dashboards_lint import generator
 
-from exporter.cli import DEMO_CONFIG
+from exporter.sim.host import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "accel-cost.rules.yml"
