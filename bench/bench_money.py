@@ -25,11 +25,9 @@ from exporter.config import load_config
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
-from exporter.sim.host import SimulatedHost
+from exporter.sim.host import DEMO_CONFIG, SimulatedHost
 from exporter.sim.scenario import load_scenario
 from exporter.sources.nvml import NvmlSource
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "sim" / "demo-config.yaml"
 
 
 def by_hand(scenario_name: str) -> dict[str, float]:
