@@ -68,6 +68,7 @@ def _add_source_flags(p: argparse.ArgumentParser, registry: tuple[SourceSpec, ..
             p.add_argument(
                 extra.flag,
                 dest=extra.flag,
+                metavar=extra.metavar,
                 default=os.environ.get(extra.variable),
                 help=f"{extra.help} (default {extra.default}; env {extra.variable})",
             )

@@ -43,6 +43,7 @@ class SourceFlag:
     default: str  # as --help shows it; the source applies it when the flag is not given
     # Returns the value, or raises ValueError("expected ..., found ...") naming what is wrong.
     check: Callable[[str], str]
+    metavar: str = "VALUE"
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ NEURON = SourceSpec(
             "absolute path of neuron-monitor",
             NeuronSettings().monitor_path,
             absolute_path,
+            metavar="PATH",
         ),
     ),
     config_section="neuron",
