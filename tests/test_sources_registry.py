@@ -23,6 +23,7 @@ from exporter.exposition.render import Renderer
 from exporter.readings import DeviceIdentity, DeviceReading, SourceReport
 from exporter.sim.host import SIMULATORS, SimulatedHost
 from exporter.sim.scenario import Scenario, parse_scenario
+from exporter.sources.base import Source
 from exporter.sources.registry import SOURCES, BuildContext, RealHost, SourceFlag, SourceSpec, absolute_path
 
 DEVICE_FLAG = "--fakeaccel.device-file"
@@ -168,7 +169,14 @@ async def test_auto_follows_the_hardware_and_the_flag_forces_it(
     assert daemon.sources == []
 
 
-def test_every_source_has_a_simulator_and_builds_under_its_own_name() -> None:
+async def _stopped(sources: list[Source]) -> list[str]:
+    """Stop sources built but never started (NVML's worker thread runs from construction); their names."""
+    for source in sources:
+        await source.stop()
+    return [s.name for s in sources]
+
+
+async def test_every_source_has_a_simulator_and_builds_under_its_own_name() -> None:
     scenario = parse_scenario(
         {
             "gpus": [{"index": 0, "model": "NVIDIA H100 80GB HBM3", "utilization": 0.5}],
@@ -178,29 +186,28 @@ def test_every_source_has_a_simulator_and_builds_under_its_own_name() -> None:
     )
     simulated = SimulatedHost(scenario)
     context = BuildContext(ManualClock(), Config(), forced=True)
+    assert set(SIMULATORS) == {spec.name for spec in SOURCES}
     try:
-        assert set(SIMULATORS) == {spec.name for spec in SOURCES}
         for spec in SOURCES:
             # The collector label of a source's self-metrics is its registry name, real or simulated.
-            for host in (RealHost(), simulated):
-                source = host.build_source(spec, context)
-                assert source is not None and source.name == spec.name
+            built = [host.build_source(spec, context) for host in (RealHost(), simulated)]
+            assert await _stopped([s for s in built if s is not None]) == [spec.name, spec.name]
     finally:
         simulated.close()
 
 
-def test_a_simulated_host_builds_only_the_hardware_its_scenario_has(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_simulated_host_builds_only_the_hardware_its_scenario_has(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="exporter.sim.host")
     daemon = Daemon(Options(demo="inf2-inference", collectors={"nvml": True}), Config(), ManualClock())
     daemon._build_sources()
-    assert [s.name for s in daemon.sources] == ["neuron"]
+    assert await _stopped(daemon.sources) == ["neuron"]
     assert "nvml collector off: scenario 'inf2-inference' simulates no such hardware" in caplog.text
     assert daemon.environment.default_config_file is not None
     daemon.environment.close()
     # An entry without a simulator is off in the demo (its flag cannot conjure hardware).
     daemon = Daemon(Options(demo="p4d-idle-fleet"), Config(), ManualClock(), registry=REGISTRY)
     daemon._build_sources()
-    assert [s.name for s in daemon.sources] == ["nvml"]
+    assert await _stopped(daemon.sources) == ["nvml"]
 
 
 def test_no_collector_flags_apply_to_a_simulated_host_too() -> None:
