@@ -25,10 +25,9 @@ from exporter.config import load_config
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
+from exporter.sim.host import DEMO_CONFIG, SimulatedHost
 from exporter.sim.scenario import load_scenario
 from exporter.sources.nvml import NvmlSource
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "exporter" / "sim" / "demo-config.yaml"
 
 
 def by_hand(scenario_name: str) -> dict[str, float]:
@@ -49,7 +48,7 @@ async def measure(scenario_name: str, interval: float, hours: float) -> dict[str
     fake = FakeNvml(scenario, clock)
     source = NvmlSource(fake.module, clock, SimProcFs(fake))
     config = load_config(str(DEMO_CONFIG))
-    provider = ContextProvider(config, clock, scenario.host)
+    provider = ContextProvider(config, clock, SimulatedHost(scenario))
     await provider.start()
     ledger = Ledger(config.accounting, config.attribution.max_label_values)
     cache = RenderCache(process_metrics=False)

@@ -263,7 +263,7 @@ async def _snapshots(gpus: int, count: int) -> list[Any]:
         loaded = load_config(str(config)) if gpus == 64 else Config()
     daemon = Daemon(Options(demo=SCENARIOS[gpus], interval=1.0), loaded, clock)
     daemon._build_sources()
-    daemon.provider = ContextProvider(loaded, clock, daemon._demo_host())
+    daemon.provider = ContextProvider(loaded, clock, daemon.environment)
     await daemon.provider.start()
     for source in daemon.sources:
         await source.start()

@@ -11,14 +11,12 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TypeVar
 
 from exporter import __version__
 from exporter.cli_values import (
     BOOLEANS,
     LOG_FORMATS,
-    absolute_path,
     interval,
     listen_address,
     listen_addresses,
@@ -26,13 +24,12 @@ from exporter.cli_values import (
     telemetry_path,
 )
 from exporter.config import ConfigInvalid, load_config
-from exporter.daemon import DEFAULT_PORT, Daemon, Options
+from exporter.daemon import DEFAULT_PORT, Daemon, Options, host_environment
 from exporter.environment import ENVIRONMENT, environment_problems, unknown_variables
 from exporter.logs import LEVELS, setup_logging
+from exporter.sources.registry import SOURCES, HostEnvironment, SourceSpec
 from exporter.web.webconfig import WebConfigInvalid, load_web_config
 
-# Team rules for the built-in scenarios, used by --demo when no --config.file is given.
-DEMO_CONFIG = Path(__file__).resolve().parent / "sim" / "demo-config.yaml"
 log = logging.getLogger("exporter")
 T = TypeVar("T")
 
@@ -41,9 +38,9 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("ACCEL_" + name, default)
 
 
-def _env_bool(name: str) -> bool | None:
+def _env_bool(variable: str) -> bool | None:
     # None (auto) for a bad value: main() refuses it anyway, before anything is built.
-    value = _env(name)
+    value = os.environ.get(variable)
     return None if value is None else BOOLEANS.get(value.strip().lower())
 
 
@@ -53,7 +50,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"accel-cost-exporter: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _collector_dest(spec: SourceSpec) -> str:
+    return f"collector.{spec.name}"
+
+
+def _add_source_flags(p: argparse.ArgumentParser, registry: tuple[SourceSpec, ...]) -> None:
+    """`--[no-]collector.<name>` and each source's own flags, from the source registry."""
+    for spec in registry:
+        p.add_argument(
+            spec.flag,
+            dest=_collector_dest(spec),
+            action=argparse.BooleanOptionalAction,
+            default=_env_bool(spec.variable),
+            help=f"{spec.help} ({spec.default_help()}; env {spec.variable})",
+        )
+        for extra in spec.flags:
+            p.add_argument(
+                extra.flag,
+                dest=extra.flag,
+                metavar=extra.metavar,
+                default=os.environ.get(extra.variable),
+                help=f"{extra.help} (default {extra.default}; env {extra.variable})",
+            )
+
+
+def build_parser(registry: tuple[SourceSpec, ...] = SOURCES) -> argparse.ArgumentParser:
     """The argument parser; every flag documents its environment variable."""
     p = _Parser(
         prog="accel-cost-exporter",
@@ -91,26 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("COLLECTOR_INTERVAL", "5s"),
         help="poll interval, e.g. 1s, 5s, 30s (default 5s; env ACCEL_COLLECTOR_INTERVAL)",
     )
-    p.add_argument(
-        "--collector.nvml",
-        dest="nvml",
-        action=argparse.BooleanOptionalAction,
-        default=_env_bool("COLLECTOR_NVML"),
-        help="NVIDIA GPUs through NVML (default on; env ACCEL_COLLECTOR_NVML)",
-    )
-    p.add_argument(
-        "--collector.neuron",
-        dest="neuron",
-        action=argparse.BooleanOptionalAction,
-        default=_env_bool("COLLECTOR_NEURON"),
-        help="AWS NeuronCores through neuron-monitor (default: on when the binary exists; env ACCEL_COLLECTOR_NEURON)",
-    )
-    p.add_argument(
-        "--neuron.monitor-path",
-        dest="neuron_path",
-        default=_env("NEURON_MONITOR_PATH"),
-        help="absolute path of neuron-monitor (default /opt/aws/neuron/bin/neuron-monitor; env ACCEL_NEURON_MONITOR_PATH)",
-    )
+    _add_source_flags(p, registry)
     p.add_argument(
         "--state.directory",
         dest="state_dir",
@@ -152,7 +154,7 @@ def _checked(flag: str, check: Callable[[str], T], value: str) -> T:
         raise ValueError(f"{flag}: {exc}") from None
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
+def options_from_args(args: argparse.Namespace, registry: tuple[SourceSpec, ...] = SOURCES) -> Options:
     """Validate flag values; raises ValueError with the flag's name."""
     seconds = _checked("--collector.interval", interval, args.interval)
     if args.listen:
@@ -162,8 +164,16 @@ def options_from_args(args: argparse.Namespace) -> Options:
             "ACCEL_WEB_LISTEN_ADDRESS", listen_addresses, _env("WEB_LISTEN_ADDRESS") or f":{DEFAULT_PORT}"
         )
     _checked("--web.telemetry-path", telemetry_path, args.telemetry_path)
-    if args.neuron_path:
-        _checked("--neuron.monitor-path", absolute_path, args.neuron_path)
+    collectors: dict[str, bool] = {}
+    values: dict[str, str] = {}
+    for spec in registry:
+        choice = getattr(args, _collector_dest(spec))
+        if choice is not None:
+            collectors[spec.name] = choice
+        for extra in spec.flags:
+            value = getattr(args, extra.flag)
+            if value:
+                values[extra.flag] = _checked(extra.flag, extra.check, value)
     if args.state_dir:
         _checked("--state.directory", state_directory, args.state_dir)
     return Options(
@@ -175,9 +185,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         log_level=args.log_level,
         log_format=args.log_format,
         demo=args.demo,
-        collector_nvml=args.nvml,
-        collector_neuron=args.neuron,
-        neuron_monitor_path=args.neuron_path,
+        collectors=collectors,
+        source_values=values,
         state_directory=args.state_dir,
     )
 
@@ -194,9 +203,9 @@ def _scenario_line(name: str, description: str) -> str:
     return textwrap.fill(text, width=100, initial_indent=f"{name:18} ", subsequent_indent=indent)
 
 
-def _check_price_cache(options: Options) -> None:
+def _check_price_cache(options: Options, environment: HostEnvironment) -> None:
     """Load the price cache as a start would, so its warnings (it is then ignored) show here too."""
-    if options.state_directory and not options.demo:
+    if options.state_directory and environment.live:
         from exporter.context.price.price_cache import PriceCache
 
         PriceCache(options.state_directory)
@@ -231,20 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(options.log_level, options.log_format)
     for name in unknown_variables(os.environ):
         log.warning("ignoring the environment variable %s: no flag reads it (known: %s)", name, ", ".join(ENVIRONMENT))
-    if options.demo and not options.config_file:
-        options = replace(options, config_file=str(DEMO_CONFIG))
     try:
+        environment = host_environment(options.demo)
+        if not options.config_file and environment.default_config_file:
+            options = replace(options, config_file=environment.default_config_file)
         config = load_config(options.config_file)
         _check_web_config(options.web_config_file)
-        if options.demo:
-            from exporter.sim.scenario import load_scenario
-
-            load_scenario(options.demo)
     except (ConfigInvalid, WebConfigInvalid) as exc:
         print(f"accel-cost-exporter: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        _check_price_cache(options)
+        _check_price_cache(options, environment)
         print(f"configuration OK ({options.config_file or 'defaults'})")
         return 0
     # Renders and NVML polls run on worker threads; a shorter GIL switch interval than the 5 ms
@@ -254,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic collector's view, so a full collection scans only what the daemon creates.
     gc.freeze()
     try:
-        status = asyncio.run(Daemon(options, config).run())
+        status = asyncio.run(Daemon(options, config, environment=environment).run())
     except KeyboardInterrupt:
         status = 0
     return status

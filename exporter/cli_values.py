@@ -51,13 +51,6 @@ def telemetry_path(text: str) -> str:
     return text
 
 
-def absolute_path(text: str) -> str:
-    """An absolute path (neuron-monitor is rarely on PATH)."""
-    if not os.path.isabs(text):
-        raise ValueError(f"expected an absolute path, found {text!r}")
-    return text
-
-
 def existing_file(text: str) -> str:
     """The path of a file that exists; what is in it is checked by its loader."""
     if not os.path.isfile(text):

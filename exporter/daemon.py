@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
 from exporter.reload import prepare_config
 from exporter.sources.base import Source
-from exporter.sources.procfs import ProcFs
+from exporter.sources.registry import SOURCES, BuildContext, HostEnvironment, RealHost, SourceSpec, enabled_specs
 from exporter.web.landing import LandingSettings
 from exporter.web.server import build_app, parse_listen_address
 
@@ -35,9 +34,9 @@ CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
 STALLED_POLLS = 3  # cycles a stuck source's devices keep their last reading before showing down
 WEDGED_STOP_SECONDS = 0.2
-# Configuration sections a SIGHUP cannot apply: the neuron-monitor subprocess and the pod-resources
-# watcher are built once at start. Every other section takes effect on reload.
-RESTART_SECTIONS = ("neuron", "kubernetes")
+# Configuration sections a SIGHUP cannot apply besides the sources' own (see restart_sections): the
+# pod-resources watcher is built once at start. Every other section takes effect on reload.
+RESTART_SECTIONS = ("kubernetes",)
 
 
 @dataclass(frozen=True)
@@ -51,20 +50,32 @@ class Options:
     interval: float = 5.0
     log_level: str = "info"
     log_format: str = "logfmt"
-    demo: str | None = None
-    collector_nvml: bool | None = None  # None: on, but off on a Neuron host without an NVIDIA driver
-    collector_neuron: bool | None = None  # None: on when neuron-monitor exists
-    neuron_monitor_path: str | None = None
+    demo: str | None = None  # a scenario to simulate (see host_environment)
+    # --[no-]collector.<name> as given, by source name; a source not named here gets its default.
+    collectors: Mapping[str, bool] = field(default_factory=dict)
+    # Values of the sources' own flags (e.g. --neuron.monitor-path), by flag name.
+    source_values: Mapping[str, str] = field(default_factory=dict)
     state_directory: str | None = None
 
 
 class Daemon:
     """One exporter process."""
 
-    def __init__(self, options: Options, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        options: Options,
+        config: Config,
+        clock: Clock | None = None,
+        environment: HostEnvironment | None = None,
+        registry: tuple[SourceSpec, ...] = SOURCES,
+    ) -> None:
+        """`environment` defaults to the one `options.demo` names; `registry` to every built-in source."""
         self.options = options
         self.config = config
-        self._built_with = {name: getattr(config, name) for name in RESTART_SECTIONS}  # in force until a restart
+        self.environment = environment or host_environment(options.demo)
+        self.registry = registry
+        self._restart_sections = restart_sections(registry)
+        self._built_with = {name: getattr(config, name) for name in self._restart_sections}  # in force until a restart
         self.clock = clock or SystemClock()
         self.cache = RenderCache()
         self.ledger = Ledger(config.accounting, config.attribution.max_label_values)
@@ -73,74 +84,28 @@ class Daemon:
         self._ready = False
         self._stop = asyncio.Event()
         self._pending: dict[str, asyncio.Task[SourceReport]] = {}
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._guard: Any = None
         self._web_watcher: Any = None
         self._context_error_seen: dict[tuple[str, str], int] = {}
         self._pods: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._scenario: Any = None
         self._reloads: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self._stalled: dict[str, int] = {}
         self._idle_file: IdleClockFile | None = None
-        self._demo_history: dict[str, float] = {}  # --demo: UUID -> Unix time the scenario says it last computed
 
     # --- assembly ---------------------------------------------------------------------------
     def _build_sources(self) -> None:
-        from exporter.sources.nvml import NvmlSource, load_pynvml
-
-        options, config = self.options, self.config
-        if options.demo:
-            self._build_demo_sources(options.demo)
-            return
-        if options.collector_nvml is not False:
-            self.sources.append(NvmlSource(load_pynvml, self.clock, ProcFs()))
-        neuron_settings = config.neuron
-        if options.neuron_monitor_path:
-            neuron_settings = replace(neuron_settings, monitor_path=options.neuron_monitor_path)
-        if options.collector_neuron is not False:
-            from exporter.sources.neuron import NeuronSource, neuron_auto_enabled
-
-            if options.collector_neuron or neuron_auto_enabled(neuron_settings):
-                self.sources.append(NeuronSource(neuron_settings, self.clock, ProcFs()))
-            else:
-                log.info(
-                    "neuron collector off: %s not found (use --collector.neuron to force it on)",
-                    neuron_settings.monitor_path,
-                )
-
-    def _build_demo_sources(self, name: str) -> None:
-        from exporter.sim.fake_nvml import FakeNvml, SimProcFs
-        from exporter.sources.nvml import NvmlSource
-
-        scenario = self._demo_scenario()
-        log.info("demo: simulating scenario %r (%s)", scenario.name, scenario.host.instance_type or "no instance type")
-        if scenario.gpus or scenario.nvml_missing or not scenario.neuron:
-            fake = FakeNvml(scenario, self.clock)
-            self._demo_history = fake.last_active_history()
-            self.sources.append(NvmlSource(fake.module, self.clock, SimProcFs(fake)))
-        if scenario.neuron is not None:
-            from exporter.sim.neuron_monitor import ScenarioNeuronProcesses, write_fake_monitor_wrapper
-            from exporter.sources.neuron import NeuronSource
-
-            self._tmp = tempfile.TemporaryDirectory(prefix="accel-demo-")
-            wrapper = write_fake_monitor_wrapper(Path(self._tmp.name), name)
-            processes = ScenarioNeuronProcesses(scenario, self.clock.time())
-            settings = replace(self.config.neuron, monitor_path=str(wrapper))
-            self.sources.append(NeuronSource(settings, self.clock, processes))
-
-    def _demo_scenario(self) -> Any:
-        """The --demo scenario, parsed once (sources, provider and every reload share it)."""
-        if self._scenario is None:
-            from exporter.sim.scenario import load_scenario
-
-            self._scenario = load_scenario(str(self.options.demo))
-        return self._scenario
-
-    def _demo_host(self) -> Any:
-        return self._demo_scenario().host if self.options.demo else None
+        """Build every source the registry and the flags enable, on this host's hardware."""
+        log.info("sources on %s", self.environment.description)
+        values = dict(self.options.source_values)
+        for spec in enabled_specs(self.registry, self.options.collectors):
+            forced = self.options.collectors.get(spec.name) is True
+            context = BuildContext(self.clock, self.config, values, forced)
+            source = self.environment.build_source(spec, context)
+            if source is not None:
+                self.sources.append(source)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
@@ -164,7 +129,7 @@ class Daemon:
         await self._start_context()
         for source in self.sources:
             await source.start()
-        self._drop_nvml_without_driver()
+        self._drop_absent_sources()
         self._tasks += [
             asyncio.create_task(self._poll_loop(), name="poll"),
             asyncio.create_task(self._context_loop(), name="context"),
@@ -181,16 +146,17 @@ class Daemon:
         return 0
 
     def _start_idle_clock(self) -> None:
-        """Continue each device's idle clock from the state directory (and, in --demo, the scenario's history)."""
+        """Continue each device's idle clock from the state directory (and a simulated host's history)."""
         offset = self.clock.time() - self.clock.monotonic()
-        if self._demo_history:
-            # The simulated host has a past the exporter never saw; without it the demo's abandoned
+        past = self.environment.idle_history()
+        if past:
+            # A simulated host has a past the exporter never saw; without it the demo's abandoned
             # job would look idle for only as long as the demo has run. A state file, newer, wins.
             log.info(
-                "demo: idle clocks start from the scenario's history (%d GPU(s) with last_active before the start)",
-                len(self._demo_history),
+                "idle clocks start from the simulated host's history (%d device(s) with last_active before the start)",
+                len(past),
             )
-            history = {uuid: IdleMark(at, "", at) for uuid, at in self._demo_history.items()}
+            history = {uuid: IdleMark(at, "", at) for uuid, at in past.items()}
             self.ledger.restore_idle_clock(history, offset)
         directory = self.options.state_directory
         if not directory:
@@ -207,19 +173,29 @@ class Daemon:
         if not await asyncio.to_thread(self._idle_file.save, marks):  # fsync must not stall scrapes
             self.ledger.count_error("exporter", "idle_clock_write")
 
-    def _drop_nvml_without_driver(self) -> None:
-        """On a Neuron host with no NVIDIA driver, an NVML collector left on would fail forever."""
-        from exporter.sources.nvml import NvmlSource
+    def _drop_absent_sources(self) -> None:
+        """Drop a source that found no hardware beside one that did: it would fail for ever.
 
-        if self.options.collector_nvml is not None or not any(s.name == "neuron" for s in self.sources):
-            return
+        On a Neuron host with no NVIDIA driver, an NVML collector left on only adds a failing
+        collector; on a host where it is the only source it stays, so the missing driver is alerted.
+        """
         for source in list(self.sources):
-            if isinstance(source, NvmlSource) and source.no_driver:
-                log.info(
-                    "nvml collector off: no NVIDIA driver on this Neuron host (use --collector.nvml to force it on)"
-                )
-                self.sources.remove(source)
-                self._tasks.append(asyncio.create_task(source.stop(), name="nvml-stop"))
+            spec = next((s for s in self.registry if s.name == source.name), None)
+            if spec is None or spec.absent_after_start is None or spec.name in self.options.collectors:
+                continue
+            why = spec.absent_after_start(source)
+            others = [s.name for s in self.sources if s is not source]
+            if why is None or not others:
+                continue
+            log.info(
+                "%s collector off: %s, where %s runs (use %s to force it on)",
+                spec.name,
+                why,
+                ", ".join(others),
+                spec.flag,
+            )
+            self.sources.remove(source)
+            self._tasks.append(asyncio.create_task(source.stop(), name=f"{spec.name}-stop"))
 
     def _schedule_reload(self) -> None:
         """SIGHUP: reloads run one at a time, in order; their tasks are kept so errors are seen."""
@@ -286,7 +262,7 @@ class Daemon:
         self._record_context()
 
     def _new_provider(self, config: Config) -> ContextProvider:
-        provider = ContextProvider(config, self.clock, self._demo_host(), state_directory=self.options.state_directory)
+        provider = ContextProvider(config, self.clock, self.environment, state_directory=self.options.state_directory)
         if self._pods is not None:
             pods = self._pods
             provider.set_pod_lookup(lambda facts: pods.assignments.for_cgroup(facts))
@@ -295,7 +271,7 @@ class Daemon:
     def _start_kubernetes(self) -> None:
         """Pod attribution through the kubelet's pod-resources API, when on a Kubernetes node."""
         settings = self.config.kubernetes
-        if settings.enabled is False or self.options.demo:
+        if settings.enabled is False or not self.environment.live:
             return
         try:
             from exporter.context.owner.kubernetes import PodResourcesWatcher, pods_for_device
@@ -420,7 +396,7 @@ class Daemon:
             self.ledger.count_error("config", "reload_invalid")
             self.ledger.record_config_reload(False, self.clock.time())
             return False
-        needs_restart = [name for name in RESTART_SECTIONS if getattr(config, name) != self._built_with[name]]
+        needs_restart = [name for name in self._restart_sections if getattr(config, name) != self._built_with[name]]
         if needs_restart:
             log.warning(
                 "configuration reload: %s changed and take%s effect at the next restart; the rest is in force now",
@@ -461,8 +437,21 @@ class Daemon:
             deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
             await self._runner.cleanup()
             await _flushed(transports, deadline)
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        self.environment.close()
+
+
+def host_environment(demo: str | None) -> HostEnvironment:
+    """The real host, or the one a scenario simulates (a built-in name or a file; ConfigInvalid if neither)."""
+    if demo is None:
+        return RealHost()
+    from exporter.sim.host import SimulatedHost
+
+    return SimulatedHost.load(demo)
+
+
+def restart_sections(registry: tuple[SourceSpec, ...]) -> tuple[str, ...]:
+    """Config sections that take effect only at a restart: the sources' own, and RESTART_SECTIONS."""
+    return (*(s.config_section for s in registry if s.config_section), *RESTART_SECTIONS)
 
 
 async def _flushed(transports: Sequence[asyncio.BaseTransport], deadline: float) -> None:

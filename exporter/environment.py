@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 
 from exporter.cli_values import (
     LOG_FORMATS,
-    absolute_path,
     existing_file,
     interval,
     listen_addresses,
@@ -22,22 +21,19 @@ from exporter.cli_values import (
     telemetry_path,
 )
 from exporter.logs import LEVELS
+from exporter.sources.registry import SOURCES, SourceSpec
 
 PREFIX = "ACCEL_"
 # The simulator's own variables (exporter/sim): not the exporter's to judge.
 FOREIGN_PREFIXES = ("ACCEL_SIM_",)
 
-# Every ACCEL_* variable the flags read, with the check its value must pass (a test keeps this in
-# step with --help).
-ENVIRONMENT: dict[str, Callable[[str], object]] = {
+# The ACCEL_* variables of the flags that are not a source's, with the check its value must pass.
+_GENERAL: dict[str, Callable[[str], object]] = {
     "ACCEL_WEB_LISTEN_ADDRESS": listen_addresses,
     "ACCEL_WEB_TELEMETRY_PATH": telemetry_path,
     "ACCEL_WEB_CONFIG_FILE": existing_file,
     "ACCEL_CONFIG_FILE": existing_file,
     "ACCEL_COLLECTOR_INTERVAL": interval,
-    "ACCEL_COLLECTOR_NVML": parse_boolean,
-    "ACCEL_COLLECTOR_NEURON": parse_boolean,
-    "ACCEL_NEURON_MONITOR_PATH": absolute_path,
     "ACCEL_STATE_DIRECTORY": state_directory,
     "ACCEL_LOG_LEVEL": one_of(*sorted(LEVELS)),
     "ACCEL_LOG_FORMAT": one_of(*LOG_FORMATS),
@@ -45,10 +41,23 @@ ENVIRONMENT: dict[str, Callable[[str], object]] = {
 }
 
 
-def environment_problems(environ: Mapping[str, str]) -> list[str]:
+def variables(registry: tuple[SourceSpec, ...] = SOURCES) -> dict[str, Callable[[str], object]]:
+    """Every ACCEL_* variable the flags read, with its check: the general ones and each source's."""
+    checks = dict(_GENERAL)
+    for spec in registry:
+        checks[spec.variable] = parse_boolean
+        checks.update({extra.variable: extra.check for extra in spec.flags})
+    return checks
+
+
+# Every ACCEL_* variable of the built-in flags (a test keeps this in step with --help).
+ENVIRONMENT = variables()
+
+
+def environment_problems(environ: Mapping[str, str], registry: tuple[SourceSpec, ...] = SOURCES) -> list[str]:
     """One message per set variable whose value its check refuses, naming the variable."""
     problems = []
-    for name, check in ENVIRONMENT.items():
+    for name, check in variables(registry).items():
         value = environ.get(name)
         if value is None:
             continue
@@ -59,10 +68,11 @@ def environment_problems(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+def unknown_variables(environ: Mapping[str, str], registry: tuple[SourceSpec, ...] = SOURCES) -> list[str]:
     """ACCEL_* names that no flag reads (a typo, or a variable of another version)."""
+    known = variables(registry)
     return sorted(
         name
         for name in environ
-        if name.startswith(PREFIX) and name not in ENVIRONMENT and not name.startswith(FOREIGN_PREFIXES)
+        if name.startswith(PREFIX) and name not in known and not name.startswith(FOREIGN_PREFIXES)
     )

@@ -22,7 +22,7 @@ async def demo_daemon(demo: str, clock: ManualClock) -> AsyncIterator[Daemon]:
     """A Daemon on the `demo` scenario with its sources built and its context started; its sources stop after."""
     daemon = Daemon(Options(demo=demo, interval=5.0), Config(), clock)
     daemon._build_sources()
-    daemon.provider = ContextProvider(Config(), clock, daemon._demo_host())
+    daemon.provider = ContextProvider(Config(), clock, daemon.environment)
     await daemon.provider.start()
     try:
         yield daemon

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.config.model import HostSettings
 from exporter.readings import ProcessReading
 
 UNASSIGNED = "unassigned"
@@ -24,6 +25,20 @@ class HostIdentity:
     # Where the identity came from: aws-imds, gcp-metadata, azure-imds, config, demo, neuron-monitor,
     # none; `+config` is appended when the static `host:` section overrode some fields.
     source: str = "none"
+
+
+class HostView(Protocol):
+    """What the context needs of the host environment (real, or simulated from a scenario)."""
+
+    @property
+    def live(self) -> bool:
+        """True on a real host: metadata services, cloud price APIs and the price cache may be used."""
+        ...
+
+    @property
+    def given_identity(self) -> HostSettings | None:
+        """The identity a simulated host declares; None on a real host (it is discovered)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The context provider: resolves host identity and price at start, refreshes them on a slow timer.
 
 Public API used by the daemon (keep it stable):
-- `ContextProvider(config, clock, demo_host=None, state_directory=None)`;
+- `ContextProvider(config, clock, host=None, state_directory=None)`: `host` is the host
+  environment (`HostView`); None is a real host;
 - `await provider.start()`: first resolution, bounded by `metadata.timeout` + `pricing.aws.timeout`;
 - `provider.current() -> HostContext`: never blocks, never raises;
 - `await provider.refresh()`: call on a slow timer (every minute is fine); it only does what is due:
@@ -25,12 +26,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from exporter.clock import Clock
-from exporter.config.model import Config, HostSettings
+from exporter.config.model import Config
 from exporter.context.errors import ErrorCounts, LogOnce
 from exporter.context.host.discovery import Discovered, bounded_tags
 from exporter.context.host.metadata import COLLECTOR as METADATA
 from exporter.context.host.metadata import MetadataResolver, describe, merge_identity
-from exporter.context.model import HostContext, HostIdentity, PriceQuote
+from exporter.context.model import HostContext, HostIdentity, HostView, PriceQuote
 from exporter.context.owner.attribution import PodLookup, RuleAttributor
 from exporter.context.price.aws_api import AwsApi, AwsLookupError
 from exporter.context.price.builtin_prices import builtin_table
@@ -65,17 +66,18 @@ class ContextProvider:
         self,
         config: Config,
         clock: Clock,
-        demo_host: HostSettings | None = None,
+        host: HostView | None = None,
         state_directory: str | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
-        self._demo_host = demo_host
+        # A simulated host declares its identity and is offline and deterministic: no metadata
+        # services, no AWS calls, no disk cache.
+        self._live = live = host is None or host.live
+        self._given_identity = host.given_identity if host is not None else None
         self._errors = ErrorCounts()
         self._once = LogOnce(log)
         self._metadata = MetadataResolver(config.metadata, clock, self._errors)
-        # The demo is offline and deterministic: no metadata services, no AWS calls, no disk cache.
-        live = demo_host is None
         self._api = AwsApi(config.pricing.aws_timeout_seconds, config.pricing.aws_endpoint_url)
         self._pricing = PriceResolver(
             config.pricing,
@@ -90,8 +92,8 @@ class ContextProvider:
         self._hints: HostHints | None = None
         self._discovered: Discovered | None = None
         self._api_tags: tuple[tuple[str, str], ...] | None = None
-        self._identity = self._effective(merge_identity(None, config.host, demo_host))
-        # Before start(): what config, the demo host and the cache tell without any I/O wait.
+        self._identity = self._effective(merge_identity(None, config.host, self._given_identity))
+        # Before start(): what config, a simulated host and the cache tell without any I/O wait.
         self._price = self._pricing.resolve_offline(self._identity) if self._identity.instance_type else PriceQuote()
         self._context = HostContext(self._identity, self._price, self._base_attributor.with_tags(self._identity.tags))
         self._price_duration = 0.0
@@ -128,7 +130,7 @@ class ContextProvider:
         if hints == self._hints:
             return
         self._hints = hints
-        if self._discovered is not None or self._demo_host is not None:
+        if self._discovered is not None or self._given_identity is not None:
             return
         identity = self._effective(merge_identity(None, self._config.host, None, hints))
         if (
@@ -178,7 +180,7 @@ class ContextProvider:
         self._context = HostContext(identity, price, self._base_attributor.with_tags(identity.tags))
 
     def _metadata_enabled(self) -> bool:
-        return self._demo_host is None and self._config.host.provider != "static"
+        return self._live and self._config.host.provider != "static"
 
     async def _refresh(self) -> None:
         now = self._clock.monotonic()
@@ -250,7 +252,7 @@ class ContextProvider:
         discovered = self._discovered.identity if self._discovered is not None else None
         if discovered is not None and self._api_tags is not None and not self._discovered_tags_enabled():
             discovered = replace(discovered, tags=self._api_tags)
-        return self._effective(merge_identity(discovered, self._config.host, self._demo_host, self._hints))
+        return self._effective(merge_identity(discovered, self._config.host, self._given_identity, self._hints))
 
     def _effective(self, identity: HostIdentity) -> HostIdentity:
         """Apply pricing.lifecycle: a reserved or savings-plan host looks on-demand to IMDS."""

@@ -178,3 +178,41 @@ def test_the_checker_allows_the_permitted_edges(tmp_path: Path) -> None:
         },
     )
     assert forbidden_edges(root) == []
+
+
+# The entry points reach sources only through the registry and the simulator only through its host
+# environment, so that a new accelerator kind changes sources/ and sim/ and nothing here.
+ENTRY_MAY_USE = {
+    "exporter.sources": ("exporter.sources.registry", "exporter.sources.base"),
+    "exporter.sim": ("exporter.sim.host", "exporter.sim.scenario"),
+}
+
+
+def entry_point_edges(root: Path) -> list[str]:
+    """`entry point -> module` for each source or simulator module an entry point names directly."""
+    edges = []
+    for name in (*_ENTRY, "exporter.cli_values"):
+        path = root / (name.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for imported in sorted(imported_names(tree, name, False)):
+            edges.extend(
+                f"{name} -> {imported}"
+                for package, allowed in ENTRY_MAY_USE.items()
+                if _within(imported, package) and imported != package and not any(_within(imported, a) for a in allowed)
+            )
+    return edges
+
+
+def test_entry_points_know_sources_only_through_the_registry() -> None:
+    assert entry_point_edges(ROOT) == []
+
+
+def test_a_source_named_in_the_daemon_is_caught(tmp_path: Path) -> None:
+    files = {f"{name.replace('.', '/')}.py": "" for name in (*_ENTRY, "exporter.cli_values")}
+    files["exporter/daemon.py"] = (
+        "from exporter.sources.nvml import NvmlSource\nfrom exporter.sim.host import SimulatedHost\n"
+    )
+    assert entry_point_edges(_tree(tmp_path, files)) == [
+        "exporter.daemon -> exporter.sources.nvml",
+        "exporter.daemon -> exporter.sources.nvml.NvmlSource",
+    ]

@@ -48,7 +48,7 @@ import pytest
 import yaml
 from conftest import ROOT, grafana_generator, pick_free_port
 
-from exporter.cli import DEMO_CONFIG
+from exporter.sim.host import DEMO_CONFIG
 
 RULES = ROOT / "alerts" / "accel-cost.rules.yml"
 ALERT_RULES = ROOT / "alerts" / "accel-cost.alerts.yml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 from conftest import ROOT
@@ -17,6 +18,7 @@ from exporter.config.model import HostSettings
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
+from exporter.sim.host import SimulatedHost
 from exporter.sim.scenario import load_scenario
 from exporter.sources.nvml import NvmlSource
 
@@ -33,7 +35,7 @@ async def _simulate(host: HostSettings | None = None, steps: int = STEPS) -> byt
     fake = FakeNvml(scenario, clock)
     source = NvmlSource(fake.module, clock, SimProcFs(fake))
     config = load_config(str(ROOT / "exporter" / "sim" / "demo-config.yaml"))
-    provider = ContextProvider(config, clock, host or scenario.host)
+    provider = ContextProvider(config, clock, SimulatedHost(replace(scenario, host=host or scenario.host)))
     await provider.start()
     ledger = Ledger(config.accounting, config.attribution.max_label_values)
     await source.start()

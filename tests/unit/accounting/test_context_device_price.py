@@ -13,6 +13,8 @@ from exporter.context.model import PriceQuote
 from exporter.context.price.builtin_prices import opencost_accelerator_share
 from exporter.context.provider import ContextProvider
 from exporter.readings import DeviceIdentity
+from exporter.sim.host import SimulatedHost
+from exporter.sim.scenario import Scenario
 
 A100 = "NVIDIA A100-SXM4-40GB"
 
@@ -75,6 +77,6 @@ def test_split_setting_reaches_the_quote() -> None:
     host = HostSettings(provider="aws", instance_type="p5.48xlarge", region="us-east-1")
     for split, expected in (("even", 1.0), ("opencost", pytest.approx(0.34, abs=0.005))):
         config = parse_config({"pricing": {"split": split}, "metadata": {"providers": []}})
-        provider = ContextProvider(config, ManualClock(), demo_host=host)
+        provider = ContextProvider(config, ManualClock(), SimulatedHost(Scenario("test", "", host)))
         asyncio.run(provider.start())
         assert provider.current().price.accelerator_share == expected

@@ -327,12 +327,12 @@ def test_boolean_variables_take_the_usual_words(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("ACCEL_COLLECTOR_NVML", value)
     monkeypatch.setenv("ACCEL_COLLECTOR_NEURON", value)
     options = options_from_args(build_parser().parse_args([]))
-    assert (options.collector_nvml, options.collector_neuron) == (expected, expected)
+    assert options.collectors == {"nvml": expected, "neuron": expected}
 
 
 def test_an_unknown_word_never_turns_a_collector_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCEL_COLLECTOR_NVML", "enabled")
-    assert options_from_args(build_parser().parse_args([])).collector_nvml is None  # main() refuses it
+    assert "nvml" not in options_from_args(build_parser().parse_args([])).collectors  # main() refuses it
 
 
 def test_an_unknown_accel_variable_is_named_in_a_warning() -> None:

@@ -24,6 +24,8 @@ from exporter.context.host.metadata import MetadataResolver, merge_identity
 from exporter.context.model import HostIdentity
 from exporter.context.provider import ContextProvider
 from exporter.readings import HostHints
+from exporter.sim.host import SimulatedHost
+from exporter.sim.scenario import Scenario
 from exporter.zones import region_from_zone
 
 
@@ -358,7 +360,7 @@ def test_demo_host_needs_no_network() -> None:
         config = metadata_config(
             aws_endpoint=black_hole, gcp_endpoint=black_hole, azure_endpoint=black_hole, timeout="5s"
         )
-        provider = ContextProvider(config, ManualClock(), demo_host=demo)
+        provider = ContextProvider(config, ManualClock(), SimulatedHost(Scenario("test", "", demo)))
         started = time.monotonic()
         asyncio.run(provider.start())
         assert time.monotonic() - started < 0.5

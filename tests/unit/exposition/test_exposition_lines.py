@@ -76,7 +76,7 @@ async def scenario_snapshots(name: str, count: int) -> list[Snapshot]:
     """`count` snapshots of a built-in scenario, from the real sources on the simulated hardware."""
     daemon = Daemon(Options(demo=name, interval=1.0), Config())
     daemon._build_sources()
-    daemon.provider = ContextProvider(Config(), daemon.clock, daemon._demo_host())
+    daemon.provider = ContextProvider(Config(), daemon.clock, daemon.environment)
     await daemon.provider.start()
     out: list[Snapshot] = []
     try:
@@ -93,8 +93,7 @@ async def scenario_snapshots(name: str, count: int) -> list[Snapshot]:
     finally:
         for source in daemon.sources:
             await source.stop()
-        if daemon._tmp is not None:
-            daemon._tmp.cleanup()
+        daemon.environment.close()
     return out
 
 

@@ -68,13 +68,13 @@ class FakeNeuron(SlowSource):
 
 
 async def test_nvml_turns_itself_off_on_a_neuron_host_without_a_driver() -> None:
-    for forced, kept in ((None, False), (True, True)):
-        daemon = Daemon(Options(collector_nvml=forced), Config(), SystemClock())
+    for forced, kept in (({}, False), ({"nvml": True}, True)):
+        daemon = Daemon(Options(collectors=forced), Config(), SystemClock())
         nvml = NvmlSource(_no_driver, daemon.clock, ProcFs())
         daemon.sources = [nvml, FakeNeuron(0.0)]
         await nvml.start()
         assert nvml.no_driver
-        daemon._drop_nvml_without_driver()
+        daemon._drop_absent_sources()
         assert (nvml in daemon.sources) is kept
         for task in daemon._tasks:
             await task
@@ -87,6 +87,6 @@ async def test_nvml_stays_on_without_a_neuron_source_so_a_missing_driver_is_aler
     nvml = NvmlSource(_no_driver, daemon.clock, ProcFs())
     daemon.sources = [nvml]
     await nvml.start()
-    daemon._drop_nvml_without_driver()
+    daemon._drop_absent_sources()
     assert daemon.sources == [nvml]
     await nvml.stop()
