@@ -31,7 +31,8 @@ from exporter.environment import ENVIRONMENT, environment_problems, unknown_vari
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.webconfig import WebConfigInvalid, load_web_config
 
-# Team rules for the built-in scenarios, used by --demo when no --config.file is given.
+# Team rules for the built-in scenarios, used by --demo when no --config.file is given and the
+# scenario names no demo_config of its own.
 DEMO_CONFIG = Path(__file__).resolve().parent / "sim" / "demo-config.yaml"
 log = logging.getLogger("exporter")
 T = TypeVar("T")
@@ -231,15 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(options.log_level, options.log_format)
     for name in unknown_variables(os.environ):
         log.warning("ignoring the environment variable %s: no flag reads it (known: %s)", name, ", ".join(ENVIRONMENT))
-    if options.demo and not options.config_file:
-        options = replace(options, config_file=str(DEMO_CONFIG))
     try:
-        config = load_config(options.config_file)
-        _check_web_config(options.web_config_file)
         if options.demo:
             from exporter.sim.scenario import load_scenario
 
-            load_scenario(options.demo)
+            scenario = load_scenario(options.demo)
+            if not options.config_file:
+                # A scenario may bring its own configuration (owned prices, Slurm rules).
+                options = replace(options, config_file=scenario.demo_config or str(DEMO_CONFIG))
+        config = load_config(options.config_file)
+        _check_web_config(options.web_config_file)
     except (ConfigInvalid, WebConfigInvalid) as exc:
         print(f"accel-cost-exporter: {exc}", file=sys.stderr)
         return 2
