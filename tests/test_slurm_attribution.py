@@ -229,3 +229,31 @@ async def test_a_mapped_gpu_without_a_process_is_charged_to_the_job_account(tmp_
     cost = dict(next(d for d in ledger.snapshot(clock.monotonic()).devices if d.identity.device == "nvidia1").cost)
     assert cost[("climate", "gpu-long")] == pytest.approx(4.0, rel=1e-9)  # half of the $8/h instance for 1 h
     slurm.close()
+
+
+async def test_a_reload_swaps_only_what_changed(tmp_path: Path) -> None:
+    folder = tmp_path / "map"
+    folder.mkdir()
+    (folder / "0").write_text("4242\n")
+    asked: list[str] = []
+
+    def lookup(job_id: str) -> SlurmJob:
+        asked.append(job_id)
+        return JOBS[job_id]
+
+    slurm = SlurmHost(settings(hpc_job_mapping_dir=str(folder)), ManualClock(), lookup=lookup)
+    try:
+        await slurm.refresh()
+        await slurm.settle(10.0)
+        assert slurm.job("4242") == JOBS["4242"] and slurm.jobs_for_device(gpu(0)) == ("4242",)
+        slurm.apply(settings(hpc_job_mapping_dir=str(folder)))  # same settings: the cache stays
+        assert slurm.job("4242") == JOBS["4242"] and asked == ["4242"]
+        slurm.apply(settings(hpc_job_mapping_dir=str(folder), slurm={"timeout": "2s"}))
+        assert slurm.job("4242") is None  # a new, empty cache under the new settings
+        await slurm.settle(10.0)
+        assert slurm.job("4242") == JOBS["4242"] and asked == ["4242", "4242"]
+        slurm.apply(settings())  # the mapping directory turned off
+        await slurm.refresh()
+        assert slurm.jobs_for_device(gpu(0)) == ()
+    finally:
+        slurm.close()

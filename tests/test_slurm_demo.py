@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ExporterProcess, wait_until
+import yaml
+from conftest import ROOT, ExporterProcess, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.sim.scenario import load_scenario
@@ -94,3 +95,45 @@ def test_onprem_slurm_tells_its_story(run_exporter: Callable[..., ExporterProces
         assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
     landing = exporter.get("/").text
     assert "bio" in landing and "owned" in landing and "Slurm job 4108" in landing
+
+
+def test_a_hanging_scontrol_blocks_neither_polls_nor_scrapes(
+    run_exporter: Callable[..., ExporterProcess], tmp_path: Path
+) -> None:
+    """The onprem-slurm host without its simulated controller: the configured scontrol never answers."""
+    scenario = yaml.safe_load((ROOT / "exporter" / "sim" / "scenarios" / "onprem-slurm.yaml").read_text())
+    del scenario["slurm"], scenario["demo_config"]
+    scenario_file = tmp_path / "no-controller.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario))
+    hanging = tmp_path / "scontrol"
+    hanging.write_text("#!/bin/sh\nexec sleep 300\n")
+    hanging.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"attribution": {"default_team": "nodes", "slurm": {"scontrol": str(hanging), "timeout": "1s"}}})
+    )
+    exporter = run_exporter(["--demo", str(scenario_file), "--config.file", str(config), "--collector.interval", "1s"])
+
+    def timeouts() -> float:
+        return sum(
+            float(s["value"])
+            for s in samples(exporter.metrics(), "accel_exporter_errors_total")
+            if s["collector"] == "slurm" and s["reason"] == "timeout"
+        )
+
+    wait_until(lambda: timeouts() >= 3, "three scontrol timeouts", explain=exporter.log)
+    first = last_sample(exporter.metrics())
+    wait_until(lambda: last_sample(exporter.metrics()) > first, "polls going on while scontrol hangs")
+    text = exporter.metrics()
+    processes = {s["device"]: s for s in samples(text, "accel_process_info")}
+    assert (processes["nvidia5"]["slurm_job_id"], processes["nvidia5"]["team"]) == ("4108", "nodes")
+    assert re.search(r'accel_exporter_collector_success\{collector="slurm"\} 0', text)
+    assert "gave no answer within 1s" in exporter.log()
+
+
+def last_sample(text: str) -> float:
+    return next(
+        float(s["value"])
+        for s in samples(text, "accel_exporter_last_sample_timestamp_seconds")
+        if s["collector"] == "nvml"
+    )
