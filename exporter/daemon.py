@@ -18,6 +18,7 @@ from exporter.accounting.idle_clock import IdleClockFile, IdleMark
 from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigInvalid
+from exporter.config.model import AttributionSettings
 from exporter.context.owner.attribution import attribute_ahead
 from exporter.context.owner.slurm_host import SlurmHost
 from exporter.context.provider import ContextProvider
@@ -135,7 +136,7 @@ class Daemon:
             settings = replace(self.config.neuron, monitor_path=str(wrapper))
             self.sources.append(NeuronSource(settings, self.clock, processes))
 
-    def _attribution_settings(self, config: Config) -> Any:
+    def _attribution_settings(self, config: Config) -> AttributionSettings:
         """config.attribution; in --demo with a Slurm scenario, its simulated scontrol and job-mapping directory."""
         settings = config.attribution
         if not self.options.demo or self._demo_scenario().slurm is None:

@@ -250,3 +250,14 @@ def test_odd_job_ids_are_never_handed_to_scontrol(on_path: Path) -> None:
         assert SlurmJobs(SlurmSettings(scontrol=""), SystemClock()).job("4242") is None  # lookups off
     finally:
         jobs.close()
+
+
+def test_close_kills_a_lookup_in_flight(on_path: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "scontrol.pid"
+    fake_scontrol(on_path, f"echo $$ > {pid_file}\nexec sleep 300")
+    jobs = SlurmJobs(SlurmSettings(timeout_seconds=120), SystemClock())
+    jobs.job("4242")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "scontrol to start")
+    child = int(pid_file.read_text())
+    jobs.close()
+    wait_until(lambda: not _alive(child), "the scontrol in flight to be killed", timeout=10)

@@ -117,11 +117,17 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def run_scontrol(executable: str, job_id: str, timeout: float) -> str:
+def run_scontrol(
+    executable: str,
+    job_id: str,
+    timeout: float,
+    started: Callable[[subprocess.Popen[bytes] | None], None] | None = None,
+) -> str:
     """`scontrol show job <job_id> --json`'s output; raises SlurmLookupError on any failure.
 
     The child runs in a new session so a timeout kills it and its children at once: otherwise a
-    grandchild still holding the output pipe would keep the read waiting.
+    grandchild still holding the output pipe would keep the read waiting. `started` is told the
+    child when it starts and None when it is done (so a shutdown can kill a lookup in flight).
     """
     with tempfile.TemporaryFile() as errors:
         try:
@@ -134,6 +140,8 @@ def run_scontrol(executable: str, job_id: str, timeout: float) -> str:
             )
         except OSError as exc:
             raise SlurmLookupError("exec", f"cannot run {executable}: {exc.strerror or exc}") from None
+        if started is not None:
+            started(process)
         expired = threading.Event()
 
         def expire() -> None:
@@ -153,6 +161,8 @@ def run_scontrol(executable: str, job_id: str, timeout: float) -> str:
             timer.cancel()
             if process.stdout is not None:
                 process.stdout.close()
+            if started is not None:
+                started(None)
         if expired.is_set():
             raise SlurmLookupError("timeout", f"scontrol gave no answer within {timeout:g}s")
         if len(output) > MAX_OUTPUT_BYTES:
@@ -195,6 +205,7 @@ class SlurmJobs:
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
         self._in_flight = ""  # the job ID the worker is looking up
+        self._child: subprocess.Popen[bytes] | None = None  # its scontrol, while one runs
         self._closed = False
         self._errors = errors if errors is not None else ErrorCounts()
         self._once = LogOnce(log)
@@ -253,11 +264,14 @@ class SlurmJobs:
             return self._last_ok, self._last_duration, self._last_success
 
     def close(self) -> None:
-        """Stop the worker after the lookup in progress (if any); later misses queue nothing."""
+        """Stop the worker, killing the scontrol in flight (if any); later misses queue nothing."""
         with self._lock:
             self._closed = True
             self._pending.clear()
             self._wake.notify_all()
+            child = self._child
+        if child is not None and child.poll() is None:
+            _kill_group(child)  # a hung scontrol must not outlive the exporter
 
     # --- the worker thread --------------------------------------------------------------------
 
@@ -317,4 +331,8 @@ class SlurmJobs:
                 "missing",
                 f"{name} not found (on PATH or not executable): set attribution.slurm.scontrol to its absolute path",
             )
-        return parse_job_json(run_scontrol(executable, job_id, self.settings.timeout_seconds), job_id)
+        return parse_job_json(run_scontrol(executable, job_id, self.settings.timeout_seconds, self._track), job_id)
+
+    def _track(self, child: subprocess.Popen[bytes] | None) -> None:
+        with self._lock:
+            self._child = child
