@@ -94,7 +94,10 @@ def test_user_falls_back_to_the_job_owner_when_proc_does_not_say() -> None:
     attributor = RuleAttributor(settings(), job_lookup=JOBS.get)
     hidden = ProcessReading(7, None, user="unknown", cgroup=V1)
     assert attributor.process_facts(hidden)["user"] == "alice"  # scontrol's user_name
-    assert RuleAttributor(settings()).process_facts(hidden)["user"] == "1001"  # the v1 path's uid_1001
+    root = ProcessReading(8, None, user="unknown", cgroup=V1.replace("uid_1001", "uid_0"))
+    assert RuleAttributor(settings()).process_facts(root)["user"] == "root"  # the v1 path's uid_0, by name
+    unnamed = ProcessReading(9, None, user="unknown", cgroup=V1.replace("uid_1001", "uid_4000000000"))
+    assert RuleAttributor(settings()).process_facts(unnamed)["user"] == "4000000000"  # no passwd entry
 
 
 def test_rules_match_slurm_facts_and_template_the_account() -> None:

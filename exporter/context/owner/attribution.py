@@ -41,6 +41,7 @@ from exporter.context.owner.labels import sanitize_label
 from exporter.context.owner.rule_index import RuleIndex
 from exporter.context.owner.slurm import SlurmJob
 from exporter.readings import COMMAND_PREFIX_CHARS, ProcessReading, SourceReport
+from exporter.users import user_name
 
 TAG_PREFIX = "tag:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+(?::[^{}]+)?)\}")
@@ -176,7 +177,7 @@ class RuleAttributor:
         user = process.user
         if user in ("", "unknown") and cgroup.slurm_job_id:
             # /proc would not say (hidepid, another pid namespace): the job's owner is the user.
-            user = (job.user if job is not None else "") or cgroup.slurm_uid or user
+            user = (job.user if job is not None else "") or _uid_name(cgroup.slurm_uid) or user
         facts.update(
             {
                 "user": user,
@@ -274,6 +275,11 @@ class RuleAttributor:
         team = self._label(tags.get(settings.team_tag, "")) or self._label(settings.default_team) or UNASSIGNED
         workload = self._label(tags.get(settings.workload_tag, "")) or self._label(settings.default_workload)
         return Owner(team=team, workload=workload)
+
+
+def _uid_name(uid: str) -> str:
+    """The user name of a uid from a cgroup path ("" when there is none)."""
+    return user_name(int(uid)) if uid.isdecimal() else ""
 
 
 def _job_facts(job_id: str, job: SlurmJob | None) -> dict[str, str]:
