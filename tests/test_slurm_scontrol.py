@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from exporter.clock import ManualClock, SystemClock
 from exporter.config.model import SlurmSettings
 from exporter.context.owner.slurm import (
     COLLECTOR,
+    MAX_WORKERS,
     SlurmJob,
     SlurmJobs,
     SlurmLookupError,
@@ -215,9 +217,9 @@ def test_cache_is_bounded_refreshed_on_expiry_and_keeps_the_last_good_answer(on_
     clock = ManualClock()
     jobs = SlurmJobs(SlurmSettings(cache_entries=3, refresh_seconds=600, retry_seconds=60), clock, lookup)
     try:
-        for job_id in ("1", "2", "3", "4"):
+        for job_id in ("1", "2", "3", "4"):  # one at a time: lookups run in parallel, the order matters here
             jobs.job(job_id)
-        assert jobs.settle(10.0)
+            assert jobs.settle(10.0)
         assert [jobs.job(j) is not None for j in ("2", "3", "4")] == [True, True, True]
         assert jobs.job("1") is None  # evicted: least recently used of four in a cache of three
         assert jobs.settle(10.0)
@@ -261,3 +263,18 @@ def test_close_kills_a_lookup_in_flight(on_path: Path, tmp_path: Path) -> None:
     child = int(pid_file.read_text())
     jobs.close()
     wait_until(lambda: not _alive(child), "the scontrol in flight to be killed", timeout=10)
+
+
+def test_new_jobs_are_looked_up_in_parallel_within_bounds(on_path: Path) -> None:
+    fake_scontrol(on_path, "exec sleep 300")
+    jobs = SlurmJobs(SlurmSettings(timeout_seconds=60), SystemClock())
+    try:
+        for job_id in map(str, range(1, 11)):
+            jobs.job(job_id)
+        wait_until(lambda: len(calls(on_path)) == MAX_WORKERS, f"{MAX_WORKERS} lookups at once")
+        workers = [t for t in threading.enumerate() if t.name.startswith("slurm-lookup")]
+        assert len(workers) == MAX_WORKERS  # ten new jobs, no more threads or scontrols than the bound
+        assert jobs.settle(0.0) is False
+    finally:
+        jobs.close()
+    wait_until(lambda: not any(t.name.startswith("slurm-lookup") for t in threading.enumerate()), "workers to stop")

@@ -7,7 +7,7 @@ plugin, Slurm 23.02 and later) is a document with a top-level `jobs` list whose 
 v0.0.40, a list of flags since).
 
 `SlurmJobs.job(job_id)` never blocks: it answers from the cache and, on a miss or a stale entry,
-queues a lookup for its one worker thread. Each lookup is a subprocess in its own process group,
+queues a lookup for its worker threads (at most MAX_WORKERS). Each lookup is a subprocess in its own process group,
 killed as a group when it outlives `attribution.slurm.timeout` (a hung slurmctld must not leave
 scontrol and its children behind). A missing, failing, hanging or garbled scontrol is counted
 under `accel_exporter_errors_total{collector="slurm"}`, logged once, and retried later; it is
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 COLLECTOR = "slurm"
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # one job's JSON is a few kB; more is not scontrol's answer
 MAX_PENDING = 1024  # job IDs queued for a lookup at most; more wait for the next poll to ask again
+# Lookups at once: a node that starts eight jobs gets their accounts within one poll, and one
+# hung slurmctld holds at most this many threads and scontrol processes.
+MAX_WORKERS = 4
 _JOB_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$")
 _STDERR_CHARS = 200
 
@@ -121,13 +124,13 @@ def run_scontrol(
     executable: str,
     job_id: str,
     timeout: float,
-    started: Callable[[subprocess.Popen[bytes] | None], None] | None = None,
+    started: Callable[[subprocess.Popen[bytes], bool], None] | None = None,
 ) -> str:
     """`scontrol show job <job_id> --json`'s output; raises SlurmLookupError on any failure.
 
     The child runs in a new session so a timeout kills it and its children at once: otherwise a
-    grandchild still holding the output pipe would keep the read waiting. `started` is told the
-    child when it starts and None when it is done (so a shutdown can kill a lookup in flight).
+    grandchild still holding the output pipe would keep the read waiting. `started(child, running)`
+    is told when the child starts and when it is done (so a shutdown can kill a lookup in flight).
     """
     with tempfile.TemporaryFile() as errors:
         try:
@@ -141,7 +144,7 @@ def run_scontrol(
         except OSError as exc:
             raise SlurmLookupError("exec", f"cannot run {executable}: {exc.strerror or exc}") from None
         if started is not None:
-            started(process)
+            started(process, True)
         expired = threading.Event()
 
         def expire() -> None:
@@ -162,7 +165,7 @@ def run_scontrol(
             if process.stdout is not None:
                 process.stdout.close()
             if started is not None:
-                started(None)
+                started(process, False)
         if expired.is_set():
             raise SlurmLookupError("timeout", f"scontrol gave no answer within {timeout:g}s")
         if len(output) > MAX_OUTPUT_BYTES:
@@ -187,7 +190,7 @@ class _Entry:
 
 
 class SlurmJobs:
-    """A bounded, least-recently-used cache of Slurm jobs, filled by one worker thread.
+    """A bounded, least-recently-used cache of Slurm jobs, filled by up to MAX_WORKERS worker threads.
 
     `lookup` is `scontrol` through `run_scontrol` unless a test or the simulator gives another
     callable with the same contract (returns the job or raises SlurmLookupError).
@@ -203,9 +206,10 @@ class SlurmJobs:
         self._pending: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._worker: threading.Thread | None = None
-        self._in_flight = ""  # the job ID the worker is looking up
-        self._child: subprocess.Popen[bytes] | None = None  # its scontrol, while one runs
+        self._workers = 0
+        self._idle = 0  # workers waiting for a job
+        self._in_flight: set[str] = set()  # job IDs the workers are looking up
+        self._children: set[subprocess.Popen[bytes]] = set()  # their scontrol processes
         self._closed = False
         self._errors = errors if errors is not None else ErrorCounts()
         self._once = LogOnce(log)
@@ -232,10 +236,10 @@ class SlurmJobs:
         if job_id in self._pending or len(self._pending) >= MAX_PENDING:
             return
         self._pending[job_id] = None
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="slurm-lookup", daemon=True)
-            self._worker.start()
-        self._wake.notify()
+        if self._idle < len(self._pending) and self._workers < MAX_WORKERS:
+            self._workers += 1
+            threading.Thread(target=self._work, name=f"slurm-lookup-{self._workers}", daemon=True).start()
+        self._wake.notify_all()  # settle() waits on the same condition: wake the workers for sure
 
     def settle(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds (blocking: call it off the event loop) until no job seen for
@@ -249,7 +253,7 @@ class SlurmJobs:
 
     def _no_new_job_waiting(self) -> bool:
         """(Under the lock.) Every queued or in-flight job already has an entry, or the cache closed."""
-        waiting = [*self._pending, *([self._in_flight] if self._in_flight else [])]
+        waiting = [*self._pending, *self._in_flight]
         return self._closed or all(job_id in self._entries for job_id in waiting)
 
     def errors(self) -> Mapping[tuple[str, str], int]:
@@ -269,21 +273,24 @@ class SlurmJobs:
             self._closed = True
             self._pending.clear()
             self._wake.notify_all()
-            child = self._child
-        if child is not None and child.poll() is None:
-            _kill_group(child)  # a hung scontrol must not outlive the exporter
+            children = list(self._children)
+        for child in children:
+            if child.poll() is None:
+                _kill_group(child)  # a hung scontrol must not outlive the exporter
 
     # --- the worker thread --------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
             with self._lock:
+                self._idle += 1
                 while not self._pending and not self._closed:
                     self._wake.wait()
+                self._idle -= 1
                 if self._closed:
                     return
                 job_id, _ = self._pending.popitem(last=False)
-                self._in_flight = job_id
+                self._in_flight.add(job_id)
             self._resolve(job_id)
 
     def _resolve(self, job_id: str) -> None:
@@ -320,8 +327,8 @@ class SlurmJobs:
             self._last_duration = max(0.0, now - started)
             if ok:
                 self._last_success = self._clock.time()
-            self._in_flight = ""
-            self._wake.notify_all()  # the worker and any settle() waiting
+            self._in_flight.discard(job_id)
+            self._wake.notify_all()  # any settle() waiting
 
     def _scontrol(self, job_id: str) -> SlurmJob:
         name = self.settings.scontrol
@@ -333,6 +340,9 @@ class SlurmJobs:
             )
         return parse_job_json(run_scontrol(executable, job_id, self.settings.timeout_seconds, self._track), job_id)
 
-    def _track(self, child: subprocess.Popen[bytes] | None) -> None:
+    def _track(self, child: subprocess.Popen[bytes], running: bool) -> None:
         with self._lock:
-            self._child = child
+            if running:
+                self._children.add(child)
+            else:
+                self._children.discard(child)
