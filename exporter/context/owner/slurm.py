@@ -148,8 +148,9 @@ def run_scontrol(
         expired = threading.Event()
 
         def expire() -> None:
-            expired.set()
-            _kill_group(process)
+            if process.returncode is None:  # not once reaped: its group ID may belong to another by then
+                expired.set()
+                _kill_group(process)
 
         timer = threading.Timer(timeout, expire)
         timer.daemon = True
