@@ -213,8 +213,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m(
         "accel_process_info",
         "gauge",
-        ("device", "pid", "user", "command", "team", "workload", "pod", "namespace", "container", "unit"),
-        "A process holding the device; always 1. Bounded per device.",
+        (
+            "device",
+            "pid",
+            "user",
+            "command",
+            "team",
+            "workload",
+            "pod",
+            "namespace",
+            "container",
+            "unit",
+            "slurm_job_id",
+        ),
+        "A process holding the device; always 1. Bounded per device. slurm_job_id is the Slurm job whose cgroup "
+        "holds the process (empty elsewhere).",
         "process",
     ),
     _m(

@@ -18,6 +18,7 @@ from exporter.accounting.ledger import Ledger
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigInvalid
 from exporter.context.owner.attribution import attribute_ahead
+from exporter.context.owner.slurm_host import SlurmHost
 from exporter.context.provider import ContextProvider
 from exporter.exposition.render import RenderCache
 from exporter.readings import SourceReport
@@ -34,6 +35,7 @@ CONTEXT_REFRESH_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 1.5
 STALLED_POLLS = 3  # cycles a stuck source's devices keep their last reading before showing down
 WEDGED_STOP_SECONDS = 0.2
+SLURM_SETTLE_SECONDS = 1.0  # a poll waits at most this long for the scontrol answers of jobs new to it
 # Configuration sections a SIGHUP cannot apply besides the sources' own (see restart_sections): the
 # pod-resources watcher is built once at start. Every other section takes effect on reload.
 RESTART_SECTIONS = ("kubernetes",)
@@ -88,6 +90,8 @@ class Daemon:
         self._guard: Any = None
         self._web_watcher: Any = None
         self._context_error_seen: dict[tuple[str, str], int] = {}
+        self._slurm: SlurmHost | None = None
+        self._slurm_error_seen: dict[tuple[str, str], int] = {}
         self._pods: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reloads: set[asyncio.Task[None]] = set()
@@ -117,6 +121,7 @@ class Daemon:
         self._build_sources()
         self._start_idle_clock()
         self._start_kubernetes()  # before the provider, which takes its pod lookup
+        self._start_slurm()  # before the provider, which takes its job lookup
         self.provider = self._new_provider(self.config)
         self.ledger.record_config_reload(True, self.clock.time())  # main() loaded and validated it
         self._publish()
@@ -266,6 +271,8 @@ class Daemon:
         if self._pods is not None:
             pods = self._pods
             provider.set_pod_lookup(lambda facts: pods.assignments.for_cgroup(facts))
+        if self._slurm is not None:
+            provider.set_job_lookup(self._slurm.job)
         return provider
 
     def _start_kubernetes(self) -> None:
@@ -289,6 +296,28 @@ class Daemon:
         self._tasks.append(asyncio.create_task(watcher.run(), name="kubernetes"))
         self.ledger.set_device_pods(lambda identity: pods_for_device(watcher.assignments, identity))
 
+    def _start_slurm(self) -> None:
+        """Slurm job attribution: scontrol lookups on demand, and dcgm-exporter's job-mapping directory if set."""
+        slurm = self._slurm = SlurmHost(self.environment.attribution_settings(self.config.attribution), self.clock)
+        self.ledger.set_device_jobs(slurm.jobs_for_device)
+
+    def _record_slurm(self) -> None:
+        """The slurm collector's self-metrics, once a lookup has run (a host without Slurm shows none)."""
+        if self._slurm is None:
+            return
+        status = self._slurm.status()
+        if status is not None:
+            ok, duration, last_success = status
+            self.ledger.record_collector("slurm", ok, duration, last_success)
+        self._count_new_errors(self._slurm.errors(), self._slurm_error_seen)
+
+    def _count_new_errors(self, cumulative: Mapping[tuple[str, str], int], seen: dict[tuple[str, str], int]) -> None:
+        """Add to the ledger what a cumulative error count gained since it was last seen."""
+        for key, count in cumulative.items():
+            if count > seen.get(key, 0):
+                self.ledger.count_error(key[0], key[1], count - seen.get(key, 0))
+                seen[key] = count
+
     def _record_context(self) -> None:
         assert self.provider is not None
         now = self.clock.time()
@@ -296,12 +325,7 @@ class Daemon:
         self.ledger.record_collector("price", known, duration, now if known else None)
         ok, duration = self.provider.metadata_status()
         self.ledger.record_collector("metadata", ok, duration, now if ok else None)
-        for key, cumulative in self.provider.errors().items():
-            # The provider reports cumulative counts; the ledger adds deltas.
-            seen = self._context_error_seen.get(key, 0)
-            if cumulative > seen:
-                self.ledger.count_error(key[0], key[1], cumulative - seen)
-                self._context_error_seen[key] = cumulative
+        self._count_new_errors(self.provider.errors(), self._context_error_seen)  # cumulative: the ledger adds deltas
         if self._pods is not None:
             self.ledger.record_collector("kubernetes", not self._pods.last_error, 0.0, self._pods.last_success or None)
 
@@ -324,15 +348,21 @@ class Daemon:
     async def poll_once(self) -> None:
         """Poll every source once, integrate, publish a new snapshot."""
         assert self.provider is not None
+        if self._slurm is not None:
+            await self._slurm.refresh()  # the job-mapping directory, read off the loop
         reports = await asyncio.gather(*(self._poll_source(s) for s in self.sources))
         context = self.provider.current()
         # Rule matching (long command lines, many rules) runs off the loop and counts in the poll's duration.
         reports = [await asyncio.to_thread(attribute_ahead, r, context.attributor, self.clock) for r in reports]
+        if self._slurm is not None:
+            # New Slurm jobs were just queued for scontrol: a moment lets their first interval go to their account.
+            await self._slurm.settle(min(SLURM_SETTLE_SECONDS, self.options.interval / 2))
         now = self.clock.monotonic()
         for report in reports:
             if report.host_hints is not None:
                 self.provider.note_hints(report.host_hints)
             self.ledger.ingest(report, context, now)
+        self._record_slurm()
         self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))  # rendered by the first scrape
         self._ready = True
         await self._save_idle_clock()
@@ -405,6 +435,8 @@ class Daemon:
             )
         self.config = config
         self.ledger.update_settings(config.accounting)
+        if self._slurm is not None:
+            self._slurm.apply(self.environment.attribution_settings(config.attribution))
         provider = self._new_provider(config)
         await provider.start()
         self.provider = provider
@@ -427,6 +459,8 @@ class Daemon:
                 log.warning("stopping %s: %s", source.name, exc)
 
     async def _shutdown(self) -> None:
+        if self._slurm is not None:
+            self._slurm.close()
         await self._save_idle_clock()
         await self._shutdown_sources()
         if self._guard is not None:

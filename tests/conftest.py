@@ -95,6 +95,7 @@ SLOW_MODULES = frozenset(
         "test_report_errors",
         "test_report_prometheus",
         "test_report_victoriametrics",
+        "test_slurm_demo",
         "test_state_idle_clock",
         "test_suite_tools",
         "test_web_auth_flood",

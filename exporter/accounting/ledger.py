@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from exporter import __version__
 from exporter.accounting.activity import ActivityBook, waste_activity
@@ -39,6 +40,9 @@ USER_LABEL_LENGTH = 64
 COMMAND_LABEL_LENGTH = 128
 # Pods a device is allocated to, from the kubelet's pod-resources API.
 DevicePods = Callable[[DeviceIdentity], Sequence[PodFacts]]
+# Slurm jobs a device is allocated to, from dcgm-exporter's HPC job-mapping directory.
+DeviceJobs = Callable[[DeviceIdentity], Sequence[str]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Ledger:
         self._context: HostContext | None = None
         self._version = 0
         self._device_pods: DevicePods | None = None
+        self._device_jobs: DeviceJobs | None = None
         self._config_reload: ConfigReloadSnapshot | None = None
         self._refused: set[str] = set()  # counter problems already logged
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
@@ -101,6 +106,10 @@ class Ledger:
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
         self._device_pods = lookup
+
+    def set_device_jobs(self, lookup: DeviceJobs | None) -> None:
+        """Wire in which Slurm jobs hold which devices (a job-mapping directory), for devices with no process."""
+        self._device_jobs = lookup
 
     def restore_idle_clock(self, marks: Mapping[str, IdleMark], wall_offset: float) -> None:
         """Continue the idle clocks of an earlier run: marks in Unix time, by device UUID.
@@ -342,27 +351,39 @@ class Ledger:
             memory = proc.used_memory_bytes or 0
             if best is None or memory > best[0]:
                 best = (memory, owner)
-        pod_owner = self._pod_owner(reading, attributor) if best is None else None
+        held_by = self._held_by(reading, attributor) if best is None else None
         if best is not None:
             device_owner = Owner(best[1].team, best[1].workload)
-        elif pod_owner is not None:
-            device_owner = pod_owner
+        elif held_by is not None:
+            device_owner = held_by
         else:
             device_owner = self._capped(Owner(host.team or UNASSIGNED, host.workload))
         processes.sort(key=lambda p: (-(p.memory_bytes or 0), p.pid))
         limit = self._settings.max_processes_per_device if self._settings.export_processes else 0
         return tuple(processes[:limit]), device_owner
 
-    def _pod_owner(self, reading: DeviceReading, attributor: Attributor) -> Owner | None:
-        """A device no process holds may still be allocated to a pod (requested, then left idle)."""
-        if self._device_pods is None:
+    def _held_by(self, reading: DeviceReading, attributor: Attributor) -> Owner | None:
+        """A device no process holds may still be allocated: to a pod (requested, then left idle) or
+        to a Slurm job whose processes are out of sight (dcgm-exporter's job-mapping directory)."""
+        return self._first_owner(self._device_pods, reading.identity, attributor.pod_owner) or self._first_owner(
+            self._device_jobs, reading.identity, attributor.job_owner
+        )
+
+    def _first_owner(
+        self,
+        lookup: Callable[[DeviceIdentity], Sequence[T]] | None,
+        identity: DeviceIdentity,
+        owner_of: Callable[[T], Owner],
+    ) -> Owner | None:
+        """The capped owner of the first holder `lookup` lists for the device that some rule gives a team."""
+        if lookup is None:
             return None
         try:
-            pods = self._device_pods(reading.identity)
+            holders = lookup(identity)
         except Exception:  # a lookup problem must not stop accounting
             return None
-        for pod in pods:
-            owner = attributor.pod_owner(pod)
+        for holder in holders:
+            owner = owner_of(holder)
             if owner.team:
                 return self._capped(Owner(owner.team, owner.workload))
         return None

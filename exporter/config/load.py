@@ -19,6 +19,7 @@ from exporter.config.model import (
     MetadataSettings,
     NeuronSettings,
     PricingSettings,
+    SlurmSettings,
 )
 from exporter.config.owned import parse_carbon, parse_owned
 from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, finite_number, yaml_document
@@ -161,6 +162,13 @@ def _attribution(r: Reader) -> AttributionSettings:
         )
         item.finish()
     tags = r.section("tag_keys")
+    mapping_dir = r.optional_string("hpc_job_mapping_dir")
+    if mapping_dir is not None and not mapping_dir.startswith("/"):
+        r.problem(
+            "hpc_job_mapping_dir",
+            f"must be an absolute path (dcgm-exporter's --hpc-job-mapping-dir), found {mapping_dir!r}",
+        )
+        mapping_dir = None
     out = AttributionSettings(
         rules=tuple(rules),
         default_team=r.string("default_team", d.default_team),
@@ -169,8 +177,27 @@ def _attribution(r: Reader) -> AttributionSettings:
         workload_tag=tags.string("workload", d.workload_tag),
         max_label_values=r.integer("max_label_values", d.max_label_values, minimum=1, maximum=100000),
         max_label_length=r.integer("max_label_length", d.max_label_length, minimum=8, maximum=1024),
+        slurm=_slurm(r.section("slurm")),
+        hpc_job_mapping_dir=mapping_dir or None,
     )
     tags.finish()
+    r.finish()
+    return out
+
+
+def _slurm(r: Reader) -> SlurmSettings:
+    d = SlurmSettings()
+    scontrol = r.string("scontrol", d.scontrol)
+    if "/" in scontrol and not scontrol.startswith("/"):
+        r.problem("scontrol", f"a command name found on PATH or an absolute path, found {scontrol!r}")
+        scontrol = d.scontrol
+    out = SlurmSettings(
+        scontrol=scontrol,
+        timeout_seconds=r.duration("timeout", d.timeout_seconds, minimum=0.1, maximum=120),
+        cache_entries=r.integer("cache_entries", d.cache_entries, minimum=1, maximum=1_000_000),
+        refresh_seconds=r.duration("refresh_interval", d.refresh_seconds, minimum=1),
+        retry_seconds=r.duration("retry_interval", d.retry_seconds, minimum=1),
+    )
     r.finish()
     return out
 

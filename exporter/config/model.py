@@ -20,6 +20,9 @@ RULE_KEYS = (
     "pod_uid",
     "cgroup",
     "runtime_tag",
+    "slurm_job_id",
+    "slurm_account",
+    "slurm_partition",
 )
 
 
@@ -118,6 +121,20 @@ class AttributionRule:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """Where a Slurm job's account and partition come from: `scontrol show job <id> --json`."""
+
+    # A command name looked up on PATH at each lookup, or an absolute path; "" turns lookups off.
+    scontrol: str = "scontrol"
+    timeout_seconds: float = 5.0
+    cache_entries: int = 4096
+    # A job's answer is asked again after this long (an admin may move a job to another account);
+    # a failed lookup is retried after retry_seconds.
+    refresh_seconds: float = 600.0
+    retry_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class AttributionSettings:
     """How processes and instances map to teams and workloads."""
 
@@ -128,6 +145,9 @@ class AttributionSettings:
     workload_tag: str = "Workload"
     max_label_values: int = 100
     max_label_length: int = 64
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    # dcgm-exporter's --hpc-job-mapping-dir: one file per GPU index listing the jobs on it.
+    hpc_job_mapping_dir: str | None = None
 
 
 @dataclass(frozen=True)

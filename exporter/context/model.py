@@ -87,6 +87,7 @@ class Owner:
     namespace: str = ""
     container: str = ""
     unit: str = ""
+    slurm_job_id: str = ""
 
 
 class PodFacts(Protocol):
@@ -111,6 +112,10 @@ class Attributor(Protocol):
 
     def pod_owner(self, pod: PodFacts) -> Owner:
         """The owner of a pod holding a device with no process on it; team '' when no rule matched."""
+        ...
+
+    def job_owner(self, job_id: str) -> Owner:
+        """The owner of a Slurm job holding a device with no visible process; team '' when unknown."""
         ...
 
     def host_owner(self, identity: HostIdentity) -> Owner:

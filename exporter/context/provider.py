@@ -15,7 +15,8 @@ Public API used by the daemon (keep it stable):
   metadata resolution), for the `metadata` collector;
 - `provider.errors() -> Mapping[tuple[str, str], int]`: cumulative errors by (collector, reason),
   collector being `price` or `metadata`;
-- `provider.set_pod_lookup(lookup)`: wire pod names into attribution (see attribution.PodLookup).
+- `provider.set_pod_lookup(lookup)`: wire pod names into attribution (see attribution.PodLookup);
+- `provider.set_job_lookup(lookup)`: wire Slurm job accounts into attribution (see attribution.JobLookup).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from exporter.context.host.discovery import Discovered, bounded_tags
 from exporter.context.host.metadata import COLLECTOR as METADATA
 from exporter.context.host.metadata import MetadataResolver, describe, merge_identity
 from exporter.context.model import HostContext, HostIdentity, HostView, PriceQuote
-from exporter.context.owner.attribution import PodLookup, RuleAttributor
+from exporter.context.owner.attribution import JobLookup, PodLookup, RuleAttributor
 from exporter.context.price.aws_api import AwsApi, AwsLookupError
 from exporter.context.price.builtin_prices import builtin_table
 from exporter.context.price.price_cache import PriceCache
@@ -162,6 +163,11 @@ class ContextProvider:
     def set_pod_lookup(self, lookup: PodLookup | None) -> None:
         """Give attribution a way from a process's cgroup to its pod (namespace and pod names)."""
         self._base_attributor = self._base_attributor.with_pod_lookup(lookup)
+        self._publish(self._identity, self._price)
+
+    def set_job_lookup(self, lookup: JobLookup | None) -> None:
+        """Give attribution a way from a Slurm job ID to the job's account and partition."""
+        self._base_attributor = self._base_attributor.with_job_lookup(lookup)
         self._publish(self._identity, self._price)
 
     # --- internals ------------------------------------------------------------------------------

@@ -112,7 +112,19 @@ def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
             pid = str(p.pid)
             add(
                 "accel_process_info",
-                (dev, pid, p.user, p.command, o.team, o.workload, o.pod, o.namespace, o.container, o.unit),
+                (
+                    dev,
+                    pid,
+                    p.user,
+                    p.command,
+                    o.team,
+                    o.workload,
+                    o.pod,
+                    o.namespace,
+                    o.container,
+                    o.unit,
+                    o.slurm_job_id,
+                ),
                 1,
             )
             if p.memory_bytes is not None:

@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from exporter.config.model import HostSettings
+from exporter.config.model import AttributionSettings, HostSettings
 from exporter.sim.fake_nvml import FakeNvml, SimProcFs
 from exporter.sim.neuron_monitor import ScenarioNeuronProcesses, write_fake_monitor_wrapper
 from exporter.sim.scenario import Scenario, load_scenario
+from exporter.sim.scontrol import write_fake_scontrol, write_job_mapping
 from exporter.sources.base import Source
 from exporter.sources.neuron import NeuronSource
 from exporter.sources.nvml import NvmlSource
@@ -48,6 +49,7 @@ class SimulatedHost:
         self._simulators = SIMULATORS if simulators is None else simulators
         self._workspace: tempfile.TemporaryDirectory[str] | None = None
         self._history: dict[str, float] = {}
+        self._slurm_files: tuple[str, str] | None = None  # (scontrol, mapping directory), written once
 
     @classmethod
     def load(cls, name_or_path: str) -> SimulatedHost:
@@ -67,8 +69,9 @@ class SimulatedHost:
 
     @property
     def default_config_file(self) -> str:
-        """Team rules matching the built-in scenarios' users."""
-        return str(DEMO_CONFIG)
+        """The scenario's own configuration (owned prices, Slurm rules), else team rules matching
+        the built-in scenarios' users."""
+        return self.scenario.demo_config or str(DEMO_CONFIG)
 
     def build_source(self, spec: SourceSpec, context: BuildContext) -> Source | None:
         """The source on the scenario's hardware; None when the scenario has none of it."""
@@ -92,6 +95,20 @@ class SimulatedHost:
     def idle_history(self) -> Mapping[str, float]:
         """Device UUID -> Unix time the scenario says it last computed, for the idle clock."""
         return dict(self._history)
+
+    def attribution_settings(self, settings: AttributionSettings) -> AttributionSettings:
+        """On a Slurm scenario, `settings` pointed at its simulated scontrol and job-mapping files
+        (written once into the workspace); otherwise `settings` unchanged."""
+        if self.scenario.slurm is None:
+            return settings
+        if self._slurm_files is None:
+            folder = self.workspace()
+            self._slurm_files = (
+                str(write_fake_scontrol(folder, self.reference)),
+                str(write_job_mapping(folder / "hpc-job-map", self.scenario)),
+            )
+        scontrol, mapping = self._slurm_files
+        return replace(settings, slurm=replace(settings.slurm, scontrol=scontrol), hpc_job_mapping_dir=mapping)
 
     def close(self) -> None:
         """Remove the workspace."""

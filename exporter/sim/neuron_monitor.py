@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from exporter.config.reader import ConfigInvalid, parse_duration
 from exporter.sim.scenario import NeuronHost, NeuronRuntime, Scenario, load_scenario
+from exporter.sim.wrapper import write_wrapper
 from exporter.sources.procfs import ProcessFacts
 
 SCENARIO_ENV = "ACCEL_SIM_SCENARIO"
@@ -359,22 +359,7 @@ def write_fake_monitor_wrapper(directory: Path, scenario: str) -> Path:
     The exporter runs neuron-monitor as one absolute executable path; the wrapper is that path.
     Returns its absolute path.
     """
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    if Path(scenario).is_file():
-        scenario = str(Path(scenario).resolve())
-    package_root = Path(__file__).resolve().parents[2]
-    wrapper = directory / "neuron-monitor"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "# Simulated neuron-monitor for accel-cost-exporter (exporter.sim.neuron_monitor).\n"
-        f"PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
-        "export PYTHONPATH\n"
-        f'exec {shlex.quote(sys.executable)} -m exporter.sim.neuron_monitor --scenario {shlex.quote(scenario)} "$@"\n',
-        encoding="utf-8",
-    )
-    wrapper.chmod(0o755)
-    return wrapper
+    return write_wrapper(directory, "neuron-monitor", "exporter.sim.neuron_monitor", scenario)
 
 
 class ScenarioNeuronProcesses:

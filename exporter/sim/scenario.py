@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,29 @@ class NeuronHost:
 
 
 @dataclass(frozen=True)
+class SimSlurmJob:
+    """A job slurmctld knows, as the simulated `scontrol show job <id> --json` reports it."""
+
+    job_id: int
+    account: str
+    partition: str
+    user: str
+    name: str = ""
+    state: str = "RUNNING"
+    started: float = 0.0  # scenario time the job started (negative: before the demo)
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """The Slurm side of a scenario: the controller's jobs and dcgm-exporter's job-mapping files."""
+
+    cluster: str = "cluster"
+    jobs: tuple[SimSlurmJob, ...] = ()
+    # File name (GPU index, or `<gpu>.<gi>`) -> job IDs, as a Slurm prolog writes them.
+    job_mapping: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole simulated host."""
 
@@ -160,6 +183,10 @@ class Scenario:
     processes: tuple[SimProcess, ...] = ()
     neuron: NeuronHost | None = None
     nvml_faults: tuple[Fault, ...] = field(default=())
+    slurm: SlurmCluster | None = None
+    # The configuration --demo uses when no --config.file is given (owned prices, Slurm rules...);
+    # absolute once loaded. "" means the shared demo-config.yaml.
+    demo_config: str = ""
 
 
 def parse_size(value: Any) -> int | None:
@@ -392,6 +419,36 @@ def _neuron(n: Reader) -> NeuronHost:
     return host
 
 
+def _slurm(r: Reader) -> SlurmCluster:
+    jobs = []
+    for j in r.items("jobs"):
+        jobs.append(
+            SimSlurmJob(
+                job_id=j.integer("job_id", 1, minimum=1, maximum=2**32),
+                account=j.string("account", ""),
+                partition=j.string("partition", ""),
+                user=j.string("user", "root"),
+                name=j.string("name", ""),
+                state=j.string("state", "RUNNING"),
+                started=j.number("started", 0.0),
+            )
+        )
+        j.finish()
+    mapping = []
+    raw = r.raw("job_mapping")
+    if raw is not None and not isinstance(raw, dict):
+        r.error("job_mapping", "a mapping of GPU index to a list of job IDs", raw)
+        raw = {}
+    for name, ids in (raw or {}).items():
+        if not isinstance(ids, list) or not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
+            r.error(f"job_mapping.{name}", "a list of job IDs", ids)
+            continue
+        mapping.append((str(name), tuple(str(i) for i in ids)))
+    cluster = SlurmCluster(cluster=r.string("cluster", "cluster"), jobs=tuple(jobs), job_mapping=tuple(mapping))
+    r.finish()
+    return cluster
+
+
 def parse_scenario(document: Any, source: str = "") -> Scenario:
     """Validate a parsed scenario document; raises ConfigInvalid naming every bad key."""
     errors: list[str] = []
@@ -424,6 +481,8 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         gpus=gpus,
         processes=tuple(_process(p) for p in top.items("processes")),
         neuron=_neuron(top.section("neuron")) if top.raw("neuron") is not None else None,
+        slurm=_slurm(top.section("slurm")) if top.raw("slurm") is not None else None,
+        demo_config=top.string("demo_config", ""),
     )
     nvml.finish()
     top.finish()
@@ -439,7 +498,22 @@ def builtin_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str) -> Scenario:
-    """Load a built-in scenario by name, or a scenario file by path."""
+    """Load a built-in scenario by name, or a scenario file by path.
+
+    A `demo_config` is resolved against the package's sim folder (built-in scenarios) or the
+    scenario file's folder, and must exist.
+    """
+    scenario = _load(name_or_path)
+    if not scenario.demo_config:
+        return scenario
+    folder = Path(__file__).resolve().parent if name_or_path in builtin_scenarios() else Path(name_or_path).parent
+    config = (folder / scenario.demo_config).resolve()
+    if not config.is_file():
+        raise ConfigInvalid([f"demo_config: no such file {str(config)!r}"], name_or_path)
+    return replace(scenario, demo_config=str(config))
+
+
+def _load(name_or_path: str) -> Scenario:
     if name_or_path in builtin_scenarios():
         text = (
             resources.files("exporter.sim")

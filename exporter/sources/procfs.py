@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import pwd
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 from exporter.readings import COMMAND_PREFIX_CHARS, ProcessReading
+from exporter.users import user_name
 
 __all__ = ["COMMAND_PREFIX_CHARS", "ProcFs", "ProcessFacts", "ProcessFactsReader", "process_reading"]
 
@@ -42,15 +41,6 @@ class ProcessFactsReader(Protocol):
     def facts(self, pid: int) -> ProcessFacts | None:
         """Facts for `pid`, or None when it has gone."""
         ...
-
-
-@lru_cache(maxsize=4096)
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        # Common in containers: no passwd entry for the host's uid.
-        return str(uid)
 
 
 class ProcFs:
@@ -100,7 +90,7 @@ class ProcFs:
             if line.startswith("Uid:"):
                 parts = line.split()
                 if len(parts) > 1 and parts[1].isdigit():
-                    return _user_name(int(parts[1]))
+                    return user_name(int(parts[1]))
         return "unknown"
 
     def _command(self, base: Path) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from exporter.clock import Clock
-from exporter.config.model import Config, HostSettings, NeuronSettings
+from exporter.config.model import AttributionSettings, Config, HostSettings, NeuronSettings
 from exporter.sources.base import Source
 from exporter.sources.neuron import NeuronSource, neuron_auto_enabled
 from exporter.sources.nvml import NvmlSource, load_pynvml
@@ -129,6 +129,11 @@ class HostEnvironment(Protocol):
         """Device UUID -> Unix time it last computed, before the exporter started (a scenario's past)."""
         ...
 
+    def attribution_settings(self, settings: AttributionSettings) -> AttributionSettings:
+        """`settings` as this host applies them: a simulated Slurm host points them at its simulated
+        scontrol and job-mapping directory."""
+        ...
+
     def close(self) -> None:
         """Remove what building the sources left behind (temporary files)."""
         ...
@@ -154,6 +159,10 @@ class RealHost:
     def idle_history(self) -> Mapping[str, float]:
         """Nothing: a real host's past is in the state directory, if anywhere."""
         return {}
+
+    def attribution_settings(self, settings: AttributionSettings) -> AttributionSettings:
+        """The configured settings: the real scontrol and mapping directory."""
+        return settings
 
     def close(self) -> None:
         """Nothing to remove."""

@@ -245,6 +245,8 @@ def _device_row(device: DeviceSnapshot) -> str:
     idle_for = "-" if device.state in (NO_STATE, ACTIVE) else _duration(device.idle_seconds)
     top = max(device.processes, key=lambda p: p.memory_bytes or 0, default=None)
     held = f"{device.process_count}" + (f": {_e(top.command)} ({_e(top.user)})" if top is not None else "")
+    if top is not None and top.owner.slurm_job_id:
+        held += f", Slurm job {_e(top.owner.slurm_job_id)}"
     name = _e(identity.device) + (
         f' <span class="muted">({_e(identity.kind)})</span>' if identity.kind != "gpu" else ""
     )

@@ -53,6 +53,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "exporter.readings": ("exporter.",),
     "exporter.clock": ("exporter.",),
     "exporter.zones": ("exporter.",),
+    # uid -> name for both the process reader (sources) and attribution (context): a leaf like clock.
+    "exporter.users": ("exporter.",),
 }
 
 

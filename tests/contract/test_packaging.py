@@ -41,6 +41,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(dist: Path) -> None:
         "exporter/py.typed",
         "exporter/context/price/price_table.json",
         "exporter/sim/demo-config.yaml",
+        "exporter/sim/onprem-slurm-config.yaml",  # a built-in scenario's demo_config
         "exporter/sim/scenarios/p4d-idle-fleet.yaml",
     ):
         assert needed in names, f"{needed} is missing from the wheel"

@@ -9,7 +9,12 @@ Facts a rule can match (values are shell-style globs, all must match, first rule
   `pod` is the pod name and `namespace` its namespace; without it `pod` is the UID and
   `namespace` is "";
 - `runtime_tag`: the Neuron runtime tag;
+- `slurm_job_id`: from the cgroup (Slurm's job step cgroups); `slurm_account`,
+  `slurm_partition`: from `scontrol show job <id> --json` when a Slurm lookup is wired in;
 - `tag:<Key>`: an instance tag (IMDS tags, EC2 DescribeTags, or `host.tags` in config).
+
+On a Slurm host a job's process that no rule matches is charged to the job's account (team) and
+partition (workload), once scontrol has told them.
 
 A rule's team and workload may name facts in braces, e.g. `workload: "{unit}"` or
 `team: "{tag:Team}"`; the result is sanitised and length-bounded like every label value.
@@ -34,7 +39,9 @@ from exporter.context.model import UNASSIGNED, Attributor, HostIdentity, Owner, 
 from exporter.context.owner.cgroup import CgroupFacts, parse_cgroup
 from exporter.context.owner.labels import sanitize_label
 from exporter.context.owner.rule_index import RuleIndex
+from exporter.context.owner.slurm import SlurmJob
 from exporter.readings import COMMAND_PREFIX_CHARS, ProcessReading, SourceReport
+from exporter.users import user_name
 
 TAG_PREFIX = "tag:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+(?::[^{}]+)?)\}")
@@ -45,6 +52,8 @@ MEMO_ENTRIES = 4096
 # Maps a process's cgroup facts to its pod; None when the pod is unknown. The daemon wires
 # `lambda facts: watcher.assignments.for_cgroup(facts)` from the pod-resources watcher.
 PodLookup = Callable[[CgroupFacts], "PodFacts | None"]
+# Maps a Slurm job ID to what slurmctld says about it; None while unknown (see slurm.SlurmJobs.job).
+JobLookup = Callable[[str], "SlurmJob | None"]
 
 
 def _is_tag_rule(rule: AttributionRule) -> bool:
@@ -133,20 +142,28 @@ class RuleAttributor:
         tags: tuple[tuple[str, str], ...] = (),
         pod_lookup: PodLookup | None = None,
         rules: CompiledRules | None = None,
+        job_lookup: JobLookup | None = None,
     ) -> None:
         self._settings = settings
         self._tag_facts = {TAG_PREFIX + key: value for key, value in tags}
         self._pod_lookup = pod_lookup
+        self._job_lookup = job_lookup
         self._rules = rules if rules is not None else compile_rules(settings)
 
+    def _tags(self) -> tuple[tuple[str, str], ...]:
+        return tuple((key[len(TAG_PREFIX) :], value) for key, value in self._tag_facts.items())
+
     def with_tags(self, tags: tuple[tuple[str, str], ...]) -> RuleAttributor:
-        """The same rules and pod lookup over another instance's tags."""
-        return RuleAttributor(self._settings, tags, self._pod_lookup, self._rules)
+        """The same rules and lookups over another instance's tags."""
+        return RuleAttributor(self._settings, tags, self._pod_lookup, self._rules, self._job_lookup)
 
     def with_pod_lookup(self, pod_lookup: PodLookup | None) -> RuleAttributor:
-        """The same rules and tags with a pod lookup wired in."""
-        tags = tuple((key[len(TAG_PREFIX) :], value) for key, value in self._tag_facts.items())
-        return RuleAttributor(self._settings, tags, pod_lookup, self._rules)
+        """The same rules, tags and job lookup with a pod lookup wired in."""
+        return RuleAttributor(self._settings, self._tags(), pod_lookup, self._rules, self._job_lookup)
+
+    def with_job_lookup(self, job_lookup: JobLookup | None) -> RuleAttributor:
+        """The same rules, tags and pod lookup with a Slurm job lookup wired in."""
+        return RuleAttributor(self._settings, self._tags(), self._pod_lookup, self._rules, job_lookup)
 
     def _label(self, value: str) -> str:
         return self._rules.label(value)
@@ -156,9 +173,14 @@ class RuleAttributor:
         cgroup = parse_cgroup(process.cgroup)
         pod_ref = self._lookup(cgroup)
         facts = dict(self._tag_facts)
+        job = self._job(cgroup.slurm_job_id)
+        user = process.user
+        if user in ("", "unknown") and cgroup.slurm_job_id:
+            # /proc would not say (hidepid, another pid namespace): the job's owner is the user.
+            user = (job.user if job is not None else "") or _uid_name(cgroup.slurm_uid) or user
         facts.update(
             {
-                "user": process.user,
+                "user": user,
                 "command": process.command[:MATCH_PREFIX_CHARS],
                 "cgroup": process.cgroup[:MATCH_PREFIX_CHARS],
                 "unit": cgroup.unit,
@@ -170,7 +192,16 @@ class RuleAttributor:
                 "runtime_tag": process.runtime_tag,
             }
         )
+        facts.update(_job_facts(cgroup.slurm_job_id, job))
         return facts
+
+    def _job(self, job_id: str) -> SlurmJob | None:
+        if self._job_lookup is None or not job_id:
+            return None
+        try:
+            return self._job_lookup(job_id)
+        except Exception:  # a lookup problem must not stop attribution
+            return None
 
     def _lookup(self, cgroup: CgroupFacts) -> PodFacts | None:
         if self._pod_lookup is None or not (cgroup.pod_uid or cgroup.container_id):
@@ -191,8 +222,29 @@ class RuleAttributor:
             namespace=self._label(facts["namespace"]),
             container=self._label(container),
             unit=self._label(facts["unit"]),
+            slurm_job_id=self._label(facts["slurm_job_id"]),
         )
-        match = self._rules.process_answer(facts)
+        match = self._rules.process_answer(facts) or self._account_default(facts)
+        return base if match is None else replace(base, team=match[0], workload=match[1])
+
+    def _account_default(self, facts: Mapping[str, str]) -> Answer:
+        """A Slurm job's account as team and its partition as workload, when scontrol told them."""
+        team = self._label(facts.get("slurm_account", ""))
+        return (team, self._label(facts.get("slurm_partition", ""))) if team else None
+
+    def job_owner(self, job_id: str) -> Owner:
+        """The owner of a Slurm job that holds a device with no visible process (dcgm-exporter's job map).
+
+        Rules see `slurm_job_id`, `slurm_account`, `slurm_partition` and `user` (the job's, from
+        scontrol) and the instance tags; without a rule the account is the team. Team is '' when
+        neither a rule nor the account says.
+        """
+        job = self._job(job_id)
+        facts = dict(self._tag_facts)
+        facts["user"] = job.user if job is not None else ""
+        facts.update(_job_facts(job_id, job))
+        base = Owner(team="", slurm_job_id=self._label(job_id))
+        match = self._rules.first_match(self._rules.process_rules, facts) or self._account_default(facts)
         return base if match is None else replace(base, team=match[0], workload=match[1])
 
     def pod_owner(self, pod: PodFacts) -> Owner:
@@ -223,6 +275,19 @@ class RuleAttributor:
         team = self._label(tags.get(settings.team_tag, "")) or self._label(settings.default_team) or UNASSIGNED
         workload = self._label(tags.get(settings.workload_tag, "")) or self._label(settings.default_workload)
         return Owner(team=team, workload=workload)
+
+
+def _uid_name(uid: str) -> str:
+    """The user name of a uid from a cgroup path ("" when there is none)."""
+    return user_name(int(uid)) if uid.isdecimal() else ""
+
+
+def _job_facts(job_id: str, job: SlurmJob | None) -> dict[str, str]:
+    return {
+        "slurm_job_id": job_id,
+        "slurm_account": job.account if job is not None else "",
+        "slurm_partition": job.partition if job is not None else "",
+    }
 
 
 def attribute_ahead(report: SourceReport, attributor: Attributor, clock: Clock) -> SourceReport:

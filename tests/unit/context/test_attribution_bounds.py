@@ -156,6 +156,9 @@ class SlowAttributor:
     def pod_owner(self, pod: PodFacts) -> Owner:
         return Owner(team="")
 
+    def job_owner(self, job_id: str) -> Owner:
+        return Owner(team="")
+
     def host_owner(self, identity: HostIdentity) -> Owner:
         return Owner()
 
