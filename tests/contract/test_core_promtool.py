@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalogue import BY_NAME, CATALOGUE
 from exporter.exposition.reference import render_reference
 from exporter.sim.scenario import builtin_scenarios
+from exporter.sources.registry import SOURCES
 
 POLLS_BEFORE_SCRAPING = 2  # at the 1 s interval below
 FORBIDDEN_SUFFIXES = ("_percent", "_mib", "_milliwatts", "_kib", "_gib", "_mb", "_milliseconds", "_celsius_total")
@@ -24,12 +25,13 @@ SAMPLE_NAME = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)")
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 
 
-LAST_SAMPLE = re.compile(r'^accel_exporter_last_sample_timestamp_seconds\{collector="[^"]*"\} (\S+)$', re.M)
+LAST_SAMPLE = re.compile(r'^accel_exporter_last_sample_timestamp_seconds\{collector="([^"]*)"\} (\S+)$', re.M)
+DEVICE_COLLECTORS = frozenset(spec.name for spec in SOURCES)  # slurm, metadata etc. sample only on demand
 
 
 def sampled_since(metrics: str, unix_time: float) -> bool:
-    """Whether every collector in `metrics` has a sample newer than `unix_time`."""
-    times = [float(value) for value in LAST_SAMPLE.findall(metrics)]
+    """Whether every device collector in `metrics` has a sample newer than `unix_time`."""
+    times = [float(value) for name, value in LAST_SAMPLE.findall(metrics) if name in DEVICE_COLLECTORS]
     return bool(times) and min(times) >= unix_time
 
 
