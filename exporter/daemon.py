@@ -352,11 +352,11 @@ class Daemon:
         context = self.provider.current()
         # Rule matching (long command lines, many rules) runs off the loop and counts in the poll's duration.
         reports = [await asyncio.to_thread(attribute_ahead, r, context.attributor, self.clock) for r in reports]
-        now = self.clock.monotonic()
+        now, wall_now = self.clock.monotonic(), self.clock.time()
         for report in reports:
             if report.host_hints is not None:
                 self.provider.note_hints(report.host_hints)
-            self.ledger.ingest(report, context, now)
+            self.ledger.ingest(report, context, now, wall_now)
         self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))  # rendered by the first scrape
         self._ready = True
         await self._save_idle_clock()
