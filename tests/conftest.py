@@ -75,6 +75,7 @@ SLOW_MODULES = frozenset(
     {
         "test_alerts_promtool",
         "test_attribution_bounds",
+        "test_carbon_reload",
         "test_context_aws_pricing",
         "test_core_daemon",
         "test_core_gpu_scripts",
