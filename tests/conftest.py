@@ -82,6 +82,7 @@ SLOW_MODULES = frozenset(
         "test_core_promtool",
         "test_core_slow_poll",
         "test_e2e_bundle",
+        "test_golden_metrics",
         "test_gpm_accounting",
         "test_money_demo",
         "test_neuron_source",
