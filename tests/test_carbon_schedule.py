@@ -149,11 +149,13 @@ class Host:
         self.context = HostContext(ONPREM, quote, RuleAttributor(AttributionSettings(default_team="lab")))
         self.energy = 1_000_000.0  # joules on the device's counter
 
-    def poll(self, seconds: float, joules: float) -> Snapshot:
+    def poll(self, seconds: float, joules: float, read_energy: bool = True) -> Snapshot:
+        """Advance the clock, add `joules` to the counter; the source reads it only when `read_energy`."""
         self.clock.advance(seconds)
         self.energy += joules
         device = DeviceIdentity("nvidia0", "GPU-0", "nvidia", "NVIDIA A100-SXM4-80GB", "gpu")
-        reading = DeviceReading(device, up=True, utilization=0.5, energy_joules=self.energy)
+        energy = self.energy if read_energy else None
+        reading = DeviceReading(device, up=True, utilization=0.5, energy_joules=energy, power_watts=300.0)
         report = SourceReport("nvml", (reading,), True, 0.0, self.clock.time())
         self.ledger.ingest(report, self.context, self.clock.monotonic(), self.clock.time())
         return self.ledger.snapshot(self.clock.monotonic())
@@ -191,6 +193,19 @@ def test_grams_follow_the_schedule_across_boundaries_exactly(tmp_path: Path) -> 
     kwh = 720_000 / JOULES_PER_KWH
     expected += (kwh * 1800 / 7200 * 100.5 + kwh * 5400 / 7200 * 250) * 1.25
     assert grams(last) == pytest.approx(expected, abs=1e-9)
+
+
+def test_an_energy_read_every_few_polls_spreads_over_the_time_since_the_last_read(tmp_path: Path) -> None:
+    """The NVML source reads the energy counter every 10 s, polls more often: the increment is the
+    energy of the whole time since the previous read, not of the last poll interval."""
+    doc = {"carbon": {"schedule_file": write(tmp_path, SCHEDULE)}}
+    host = Host(quote_for(doc, ONPREM), start=3600 - 8)
+    host.poll(0, 0)
+    host.poll(5, 1500, read_energy=False)  # 5 s at 300 W, not read yet
+    assert grams(host.ledger.snapshot(host.clock.monotonic())) == 0
+    snapshot = host.poll(5, 1500)  # read: 3000 J over 10 s, 8 s at 300 g/kWh and 2 s at 500
+    kwh = 3000 / JOULES_PER_KWH
+    assert grams(snapshot) == pytest.approx(kwh * 0.8 * 300 + kwh * 0.2 * 500, abs=1e-12)
 
 
 def test_without_a_fixed_intensity_only_scheduled_time_counts(tmp_path: Path) -> None:

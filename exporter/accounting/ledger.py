@@ -58,6 +58,7 @@ class _DeviceBook:
     has_busy: bool = False
     energy_total: float | None = None
     energy_raw: float | None = None
+    energy_read_at: float | None = None  # ledger time of the last energy reading: its increment spans from there
     state_seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[tuple[str, str], float] = field(default_factory=dict)
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -234,6 +235,11 @@ class Ledger:
         book.activity.add(reading)
         activity, book.waste_basis = waste_activity(settings.waste_basis, reading)
         joules = self._energy(book, reading.energy_joules)
+        energy_span = dt  # the time the joules were drawn over
+        if joules is not None:
+            # The counter is read only every few polls: its increment covers the time since the last read.
+            energy_span = now - book.energy_read_at if book.energy_read_at is not None else 0.0
+            book.energy_read_at = now
         if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
             # No energy counter ever (one read only every few polls still counts): power x time.
             joules = reading.power_watts * dt
@@ -254,7 +260,7 @@ class Ledger:
         kwh = (joules or 0.0) / JOULES_PER_KWH
         if carbon is not None and joules is not None:
             wall = self._wall_now
-            grams = carbon.grams(kwh, wall - dt if wall is not None else None, wall)
+            grams = carbon.grams(kwh, wall - energy_span if wall is not None else None, wall)
             book.carbon[owner_key] = book.carbon.get(owner_key, 0.0) + grams
         if price is None:
             return
