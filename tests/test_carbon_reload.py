@@ -5,13 +5,15 @@ while the old values stay. A real exporter process (the demo's simulated GPUs) a
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bench_module, wait_until
+from conftest import ROOT, bench_module, exporter_env, wait_until
 
 soak: Any = bench_module("soak")
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -156,3 +158,22 @@ def test_sighup_reloads_owned_prices_and_carbon(tmp_path: Path, run_exporter: An
 
 def _iso(unix_time: float) -> str:
     return datetime.fromtimestamp(unix_time, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_bad_schedule_at_startup_stops_the_exporter_with_a_clear_message(tmp_path: Path) -> None:
+    schedule = tmp_path / "grid.csv"
+    schedule.write_text("start_utc,end_utc,grams_per_kwh\n2026-12-05T02:00:00Z,2026-12-05T01:00:00Z,300\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"carbon: {{schedule_file: {schedule}}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(config), "--demo", "p4d-idle-fleet"],
+        cwd=ROOT,
+        env=exporter_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{schedule} line 2: end_utc 2026-12-05T01:00:00Z is not after start_utc" in result.stderr
+    assert "Traceback" not in result.stderr
