@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO ?= p4d-idle-fleet
 LISTEN ?= :11094
 
-.PHONY: demo test test-fast lint docs dist bench reliability gpu-check clean venv
+.PHONY: demo test test-fast lint docs golden dist bench reliability gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -40,10 +40,15 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy exporter
 	$(PY) grafana/generate.py --check
 	$(PY) deploy/kubernetes/generate.py --check
+	$(PY) tests/golden/generate.py --check
 
 ## Regenerate docs/metrics.md from the catalogue
 docs: $(STAMP)
 	$(PY) -m exporter.exposition.reference > docs/metrics.md
+
+## Regenerate tests/golden/<scenario>.prom, the normalised /metrics of every built-in scenario
+golden: $(STAMP)
+	$(PY) tests/golden/generate.py
 
 ## Benchmarks; results go to docs/benchmarks.md by hand
 bench: $(STAMP)

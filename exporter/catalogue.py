@@ -183,8 +183,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "counter",
         _OWNER,
         "Grams of CO2e for the electricity the device drew: accel_energy_joules_total increments (power x time "
-        "where the device has no energy counter) x PUE x grid intensity (carbon.grid_intensity, else the dated "
-        "built-in AWS region table). Absent where the grid intensity is unknown.",
+        "where the device has no energy counter) x PUE x grid intensity: the carbon.schedule_file period in force, "
+        "else carbon.grid_intensity, else the dated built-in AWS region table. Absent where the grid intensity is "
+        "unknown.",
         "cost",
     ),
     _m(
@@ -207,6 +208,15 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "gauge",
         (),
         "Whole-instance hourly price in USD; absent when no price is known.",
+        "cost",
+    ),
+    _m(
+        "accel_carbon_grid_intensity_grams_per_kwh",
+        "gauge",
+        ("source",),
+        "Grid carbon intensity in force at the latest poll, g CO2e per kWh before PUE. source: schedule (a "
+        "carbon.schedule_file period covers now), config (carbon.grid_intensity), config-region (carbon.regions) "
+        "or builtin (the dated AWS region table). Absent when none is known.",
         "cost",
     ),
     # --- processes ----------------------------------------------------------------------------

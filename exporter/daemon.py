@@ -357,11 +357,11 @@ class Daemon:
         if self._slurm is not None:
             # New Slurm jobs were just queued for scontrol: a moment lets their first interval go to their account.
             await self._slurm.settle(min(SLURM_SETTLE_SECONDS, self.options.interval / 2))
-        now = self.clock.monotonic()
+        now, wall_now = self.clock.monotonic(), self.clock.time()
         for report in reports:
             if report.host_hints is not None:
                 self.provider.note_hints(report.host_hints)
-            self.ledger.ingest(report, context, now)
+            self.ledger.ingest(report, context, now, wall_now)
         self._record_slurm()
         self.cache.publish(self.ledger.snapshot(self.clock.monotonic()))  # rendered by the first scrape
         self._ready = True

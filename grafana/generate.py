@@ -435,7 +435,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row], 
 
 
 def rate_sum(metric: str, by: str = "", filt: str = F_TEAM) -> str:
-    """sum [by (...)] of rate(metric) in $/h (metric is a dollars counter)."""
+    """sum [by (...)] of rate(metric) per hour ($/h for a dollars counter)."""
     by_clause = f" by ({by})" if by else ""
     return f"sum{by_clause} (rate({metric}{{{filt}}}[{RI}])) * 3600"
 
@@ -793,6 +793,102 @@ def with_instance_type(expr: str) -> str:
     return f"{expr}\n* on (job, instance) group_left (instance_type) accel_instance_info{{{F_INST}}}"
 
 
+CARBON = "accel_carbon_grams_total"
+# Carbon is shown in kg CO2e: a GPU at 400 W on a 400 g/kWh grid emits about 0.16 kg per hour.
+KG = "masskg"
+
+
+def carbon_rate(by: str = "") -> str:
+    """sum [by (...)] of the carbon rate in kg CO2e per hour."""
+    return f"{rate_sum(CARBON, by)} / 1000"
+
+
+def carbon_period(by: str = "") -> str:
+    """sum [by (...)] of the carbon emitted over the time range, in kg CO2e."""
+    return f"{period_sum(CARBON, by)} / 1000"
+
+
+def by_price_source(metric: str) -> str:
+    """Hourly rate of a dollars counter per price source of its host (owned, aws-pricing-api, builtin, ...)."""
+    return (
+        "sum by (price_source) (\n"
+        f"  rate({metric}{{{F_TEAM}}}[{RI}])\n"
+        f"  * on (job, instance) group_left (price_source) accel_instance_info{{{F_INST}}}\n"
+        ") * 3600"
+    )
+
+
+def price_source_panel() -> Panel:
+    return money_series(
+        "Spend and waste by price source ($/h)",
+        "Owned and cloud hosts side by side: hourly spend and utilization-weighted waste split by where each "
+        "host's price came from (price_source of accel_instance_info): owned (amortized purchase, overhead "
+        "and electricity, pricing.owned), config, aws-pricing-api, aws-spot or builtin. Hosts without a price "
+        "(none) have no money and are not in it.",
+        [
+            Target(by_price_source("accel_cost_dollars_total"), legend="{{price_source}} spend"),
+            Target(by_price_source("accel_waste_dollars_total"), legend="{{price_source}} waste"),
+        ],
+    )
+
+
+def hosts_table() -> Panel:
+    """Every host with its price source, devices, utilization, spend and carbon: owned and cloud together."""
+    by = "job, instance"
+    info = f"accel_instance_info{{{F_INST}}}"
+    devices = f"count by ({by}) (accel_device_up{{{F_DEV}}} {TEAM_JOIN})"
+    return Panel(
+        "table",
+        "Hosts: price source, spend and carbon now",
+        "Each host with its instance type and where its price came from (price_source: owned, config, "
+        "aws-pricing-api, aws-spot, builtin or none), its accelerators, utilization, spend per hour and carbon "
+        "in kg CO2e per hour (accel_carbon_grams_total). Hosts without a price show no spend; hosts whose grid "
+        "intensity is unknown show no carbon. Click a row for the host's detail.",
+        "short",
+        [
+            Target(f"{devices}\n* on ({by}) group_left (instance_type, price_source) {info}", instant=True, table=True),
+            Target(utilization(by), instant=True, table=True),
+            Target(rate_sum("accel_cost_dollars_total", by), instant=True, table=True),
+            Target(carbon_rate(by), instant=True, table=True),
+        ],
+        w=24,
+        h=8,
+        defaults={"links": [to_host("${__data.fields.instance}")]},
+        overrides=[
+            _column_unit("Utilization", "percentunit"),
+            _column_unit("Spend ($/h)", "currencyUSD"),
+            _column_unit("Carbon (kg CO2e/h)", KG),
+        ],
+        transformations=host_table_transformations(
+            {"instance": 0, "instance_type": 1, "price_source": 2, "Value #A": 3},
+            {
+                "price_source": "Price source",
+                "Value #A": "Accelerators",
+                "Value #B": "Utilization",
+                "Value #C": "Spend ($/h)",
+                "Value #D": "Carbon (kg CO2e/h)",
+            },
+            "Spend ($/h)",
+        ),
+    )
+
+
+def _column_unit(column: str, unit: str) -> Json:
+    return {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "unit", "value": unit}]}
+
+
+def host_table_transformations(index: dict[str, int], rename: dict[str, str], sort_by: str) -> list[Json]:
+    """Merge a table's instant queries into one row per key, hide Time and job, order, rename, sort descending."""
+    return [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {"excludeByName": {"Time": True, "job": True}, "indexByName": index, "renameByName": rename},
+        },
+        {"id": "sortBy", "options": {"sort": [{"field": sort_by, "desc": True}]}},
+    ]
+
+
 def waste_table() -> Panel:
     by = "job, team, instance"
     cost, idle, waste = "accel_cost_dollars_total", "accel_idle_cost_dollars_total", "accel_waste_dollars_total"
@@ -812,18 +908,11 @@ def waste_table() -> Panel:
         w=24,
         h=9,
         defaults={"links": [to_host("${__data.fields.instance}"), to_team("${__data.fields.team}")]},
-        transformations=[
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, "job": True},
-                    "indexByName": {"team": 0, "instance": 1, "instance_type": 2, "Value #A": 3},
-                    "renameByName": {"Value #A": "Waste", "Value #B": "Idle spend", "Value #C": "Spend"},
-                },
-            },
-            {"id": "sortBy", "options": {"sort": [{"field": "Waste", "desc": True}]}},
-        ],
+        transformations=host_table_transformations(
+            {"team": 0, "instance": 1, "instance_type": 2, "Value #A": 3},
+            {"Value #A": "Waste", "Value #B": "Idle spend", "Value #C": "Spend"},
+            "Waste",
+        ),
     )
 
 
@@ -988,6 +1077,7 @@ def fleet_overview() -> Built:
                     Target(rate_sum("accel_waste_dollars_total"), legend="waste"),
                 ],
             ),
+            price_source_panel(),
             Panel(
                 "timeseries",
                 "Utilization: fleet and per instance",
@@ -1009,6 +1099,7 @@ def fleet_overview() -> Built:
                 f"topk(10, {rate_sum('accel_idle_cost_dollars_total', 'instance')})",
             ),
             idle_spend_by_host(),
+            hosts_table(),
             Panel(
                 "timeseries",
                 "Accelerators by state",
@@ -1080,6 +1171,23 @@ def host_detail() -> Built:
                 "Total power draw of the selected devices (accel_power_watts, where the driver reports it).",
                 "watt",
                 f"sum(accel_power_watts{{{F_DEV}}} {TEAM_JOIN})",
+            ),
+            stat(
+                "Grid carbon intensity now (g CO2e/kWh)",
+                "The grid intensity the exporter charges carbon at now, before PUE "
+                "(accel_carbon_grid_intensity_grams_per_kwh), labelled with its source: schedule "
+                "(carbon.schedule_file), config, config-region or builtin (the dated AWS region table). A host "
+                "with a schedule file that shows another source has run past the schedule's last period.",
+                "short",
+                f"max by (instance, source) (accel_carbon_grid_intensity_grams_per_kwh{{{F_INST}}})",
+                w=12,
+            ),
+            stat(
+                "Carbon now (kg CO2e/h)",
+                "kg CO2e per hour for the electricity the selected devices draw (accel_carbon_grams_total).",
+                KG,
+                carbon_rate(),
+                w=12,
             ),
             Panel(
                 "timeseries",
@@ -1234,6 +1342,22 @@ def team_cost() -> Built:
                 f"{period_sum(idle)} * 2592000 / $__range_s",
                 instant=True,
             ),
+            stat(
+                "Carbon (time range)",
+                "kg CO2e for the electricity the selected teams' accelerators drew in the time range "
+                "(accel_carbon_grams_total: energy x PUE x grid intensity), owned and cloud hosts alike.",
+                KG,
+                carbon_period(),
+                instant=True,
+                w=12,
+            ),
+            stat(
+                "Carbon now (kg CO2e/h)",
+                "Current carbon rate of the selected teams' accelerators, in kg CO2e per hour.",
+                KG,
+                carbon_rate(),
+                w=12,
+            ),
             money_series(
                 "Spend by team ($/h)",
                 "Hourly spend per team.",
@@ -1270,24 +1394,32 @@ def team_cost() -> Built:
                 stacked=True,
             ),
             Panel(
+                "timeseries",
+                "Carbon by team (kg CO2e/h)",
+                "kg CO2e per hour per team (on a Slurm host the team is the job's account): each device's energy "
+                "x PUE x the grid intensity in force (a schedule, a fixed value or the built-in region table), "
+                "charged to the device's owner like its money. Works on hosts without a price.",
+                KG,
+                [Target(carbon_rate("team"), legend="{{team}}")],
+                custom={"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30},
+                defaults={"links": [to_team()]},
+            ),
+            Panel(
                 "table",
                 "Team cost summary (time range)",
-                "Per team, over the time range: spend, idle spend, waste, and idle spend as a share of spend.",
+                "Per team, over the time range: spend, idle spend, waste, idle spend as a share of spend, and "
+                "carbon in kg CO2e. Teams on hosts without a price show only their carbon.",
                 "currencyUSD",
                 [
                     Target(period_sum(cost, "team"), instant=True, table=True),
                     Target(period_sum(idle, "team"), instant=True, table=True),
                     Target(period_sum(waste, "team"), instant=True, table=True),
                     Target(f"{period_sum(idle, 'team')}\n/\n{period_sum(cost, 'team')}", instant=True, table=True),
+                    Target(carbon_period("team"), instant=True, table=True),
                 ],
                 w=24,
                 h=7,
-                overrides=[
-                    {
-                        "matcher": {"id": "byName", "options": "Idle share"},
-                        "properties": [{"id": "unit", "value": "percentunit"}],
-                    }
-                ],
+                overrides=[_column_unit("Idle share", "percentunit"), _column_unit("Carbon (kg CO2e)", KG)],
                 transformations=[
                     {"id": "merge", "options": {}},
                     {
@@ -1299,6 +1431,7 @@ def team_cost() -> Built:
                                 "Value #B": "Idle spend",
                                 "Value #C": "Waste",
                                 "Value #D": "Idle share",
+                                "Value #E": "Carbon (kg CO2e)",
                             },
                         },
                     },

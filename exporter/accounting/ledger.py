@@ -62,6 +62,7 @@ class _DeviceBook:
     has_busy: bool = False
     energy_total: float | None = None
     energy_raw: float | None = None
+    energy_read_at: float | None = None  # ledger time of the last energy reading: its increment spans from there
     state_seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[tuple[str, str], float] = field(default_factory=dict)
     idle_cost: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -102,6 +103,7 @@ class Ledger:
         self._config_reload: ConfigReloadSnapshot | None = None
         self._refused: set[str] = set()  # counter problems already logged
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
+        self._wall_now: float | None = None  # Unix time of the latest poll, for the carbon schedule
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
@@ -137,9 +139,14 @@ class Ledger:
         self._settings = settings
 
     # --- input --------------------------------------------------------------------------------
-    def ingest(self, report: SourceReport, context: HostContext, now: float) -> None:
-        """Integrate one source's poll; `now` is the ledger clock's monotonic time of the poll."""
+    def ingest(self, report: SourceReport, context: HostContext, now: float, wall_now: float | None = None) -> None:
+        """Integrate one source's poll; `now` is the ledger clock's monotonic time of the poll.
+
+        `wall_now` (Unix time of the poll) places each interval on a carbon schedule; without it
+        the fixed grid intensity applies.
+        """
         self._context = context
+        self._wall_now = wall_now
         self._record(report.collector, report.success, report.duration_seconds, report.errors)
         if report.stalled:
             return  # the late report will cover this interval when it arrives
@@ -237,6 +244,11 @@ class Ledger:
         book.activity.add(reading)
         activity, book.waste_basis = waste_activity(settings.waste_basis, reading)
         joules = self._energy(book, reading.energy_joules)
+        energy_span = dt  # the time the joules were drawn over
+        if joules is not None:
+            # The counter is read only every few polls: its increment covers the time since the last read.
+            energy_span = now - book.energy_read_at if book.energy_read_at is not None else 0.0
+            book.energy_read_at = now
         if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
             # No energy counter ever (one read only every few polls still counts): power x time.
             joules = reading.power_watts * dt
@@ -250,13 +262,15 @@ class Ledger:
             book.counters[key] = book.counters.get(key, 0.0) + delta.value
         price = self._prices.get(name)
         quote = self._context.price if self._context is not None else None
-        grams_per_kwh = quote.carbon_grams_per_kwh if quote is not None else None
-        if dt <= 0 or (price is None and (grams_per_kwh is None or not joules)):
+        carbon = quote.carbon if quote is not None else None
+        if dt <= 0 or (price is None and (carbon is None or not joules)):
             return
         owner_key = self._charged_pair(book, now)
         kwh = (joules or 0.0) / JOULES_PER_KWH
-        if grams_per_kwh is not None and joules is not None:
-            book.carbon[owner_key] = book.carbon.get(owner_key, 0.0) + kwh * grams_per_kwh
+        if carbon is not None and joules is not None:
+            wall = self._wall_now
+            grams = carbon.grams(kwh, wall - energy_span if wall is not None else None, wall)
+            book.carbon[owner_key] = book.carbon.get(owner_key, 0.0) + grams
         if price is None:
             return
         # Owned hardware: the electricity the device drew this interval, at tariff x PUE.
@@ -410,6 +424,7 @@ class Ledger:
             label_overflow=tuple(sorted((k, float(v)) for k, v in self._cap.overflow.items())),
             build_version=__version__,
             config_reload=self._config_reload,
+            grid_intensity=context.price.carbon.in_force(self._wall_now) if context and context.price.carbon else None,
         )
 
     def _device_snapshot(self, book: _DeviceBook, now: float) -> DeviceSnapshot:

@@ -90,3 +90,6 @@ class Snapshot:
     label_overflow: tuple[tuple[str, float], ...]
     build_version: str
     config_reload: ConfigReloadSnapshot | None = None  # None: the daemon has not recorded a load
+    # Grid intensity in force at the latest poll (g CO2e per kWh, before PUE) and its source
+    # (schedule, config, config-region, builtin); None when unknown.
+    grid_intensity: tuple[float, str] | None = None

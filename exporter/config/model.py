@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 # Attribution rules one configuration may hold: matching stays cheap past this (literal rules are
@@ -83,12 +84,41 @@ class OwnedSettings:
 
 
 @dataclass(frozen=True)
+class CarbonSchedule:
+    """Grid intensity by period (`carbon.schedule_file`): sorted, non-overlapping [start, end) in Unix time."""
+
+    path: str
+    starts: tuple[float, ...]
+    ends: tuple[float, ...]
+    grams_per_kwh: tuple[float, ...]
+
+    def at(self, unix_time: float) -> float | None:
+        """The intensity in force at `unix_time`, or None outside every period."""
+        index = bisect.bisect_right(self.starts, unix_time) - 1
+        if index >= 0 and unix_time < self.ends[index]:
+            return self.grams_per_kwh[index]
+        return None
+
+    def overlaps(self, start: float, end: float) -> list[tuple[float, float]]:
+        """(seconds, g per kWh) for each period that covers part of [start, end); the rest is uncovered."""
+        out: list[tuple[float, float]] = []
+        index = max(0, bisect.bisect_right(self.starts, start) - 1)
+        while index < len(self.starts) and self.starts[index] < end:
+            seconds = min(end, self.ends[index]) - max(start, self.starts[index])
+            if seconds > 0:
+                out.append((seconds, self.grams_per_kwh[index]))
+            index += 1
+        return out
+
+
+@dataclass(frozen=True)
 class CarbonSettings:
-    """Grid carbon intensity (g CO2e per kWh): a fixed value, per-region overrides, the built-in table."""
+    """Grid carbon intensity (g CO2e per kWh): a schedule, a fixed value, per-region overrides, the built-in table."""
 
     grid_intensity: float | None = None  # wins over the region table when set
     regions: tuple[tuple[str, float], ...] = ()  # overrides for the built-in AWS region table
     pue: float | None = None  # None: pricing.owned.pue on an owned host, else 1.0
+    schedule: CarbonSchedule | None = None  # wins over the rest where one of its periods covers the time
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.config.model import CarbonSettings, OwnedHardware, OwnedSettings
+from exporter.config.carbon_schedule import MAX_GRAMS_PER_KWH, ScheduleInvalid, read_schedule
+from exporter.config.model import CarbonSchedule, CarbonSettings, OwnedHardware, OwnedSettings
 from exporter.config.reader import Reader, finite_number
 from exporter.context.price.price_bounds import price_problem
 
@@ -11,8 +12,6 @@ MAX_PURCHASE_DOLLARS = 100_000_000.0
 MAX_LIFETIME_YEARS = 20.0
 MAX_DOLLARS_PER_KWH = 10.0
 MAX_PUE = 3.0
-# The dirtiest grids (lignite) emit about 1,100 g CO2e per kWh; 2,000 leaves room, catches unit slips (kg, t).
-MAX_GRAMS_PER_KWH = 2000.0
 _HARDWARE_KEYS = ("lifetime_years", "residual_value", "overhead_per_device_hour")
 
 
@@ -91,7 +90,7 @@ def _hardware(r: Reader) -> OwnedHardware | None:
 
 
 def parse_carbon(r: Reader) -> CarbonSettings:
-    """The `carbon` section: grid intensity in g CO2e per kWh, per-region overrides, PUE."""
+    """The `carbon` section: grid intensity in g CO2e per kWh, per-region overrides, PUE, a schedule file."""
     intensity = r.number("grid_intensity", -1.0, minimum=0.0, maximum=MAX_GRAMS_PER_KWH)
     regions: list[tuple[str, float]] = []
     raw = r.raw("regions")
@@ -109,6 +108,22 @@ def parse_carbon(r: Reader) -> CarbonSettings:
         grid_intensity=intensity if intensity >= 0 else None,
         regions=tuple(sorted(regions)),
         pue=pue if pue >= 1.0 else None,
+        schedule=_schedule(r),
     )
     r.finish()
     return out
+
+
+def _schedule(r: Reader) -> CarbonSchedule | None:
+    """`carbon.schedule_file`, read now: at startup a bad file stops the exporter, on reload the old one stays."""
+    path = r.optional_string("schedule_file")
+    if path is None:
+        return None
+    if not path.startswith("/"):
+        r.problem("schedule_file", f"must be an absolute path (the service's working directory varies), found {path!r}")
+        return None
+    try:
+        return read_schedule(path)
+    except ScheduleInvalid as exc:
+        r.problem("schedule_file", str(exc))
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.config.model import HostSettings
+from exporter.config.model import CarbonSchedule, HostSettings
 from exporter.readings import ProcessReading
 
 UNASSIGNED = "unassigned"
@@ -42,6 +42,47 @@ class HostView(Protocol):
 
 
 @dataclass(frozen=True)
+class CarbonQuote:
+    """How a device's kWh become grams of CO2e: grid intensity (a schedule, else a fixed value) x PUE."""
+
+    grid_grams_per_kwh: float | None = None  # the fixed intensity; None when neither config nor table knows it
+    source: str = ""  # where the fixed intensity came from: config, config-region, builtin
+    pue: float = 1.0
+    schedule: CarbonSchedule | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether any intensity is configured or known for this host."""
+        return self.grid_grams_per_kwh is not None or self.schedule is not None
+
+    def in_force(self, unix_time: float | None) -> tuple[float, str] | None:
+        """(grid g per kWh, source) at `unix_time`: the schedule's period, else the fixed value; None if neither."""
+        scheduled = self.schedule.at(unix_time) if self.schedule is not None and unix_time is not None else None
+        if scheduled is not None:
+            return scheduled, "schedule"
+        if self.grid_grams_per_kwh is not None:
+            return self.grid_grams_per_kwh, self.source
+        return None
+
+    def grams(self, kwh: float, start: float | None, end: float | None) -> float:
+        """Grams for `kwh` drawn evenly over [start, end) (Unix time; None: unknown, the fixed value applies).
+
+        Each schedule period gets the share of the energy its part of the interval holds; the
+        rest is at the fixed intensity, or not counted when there is none.
+        """
+        fixed = self.grid_grams_per_kwh
+        if self.schedule is None or start is None or end is None or end <= start:
+            return kwh * fixed * self.pue if fixed is not None else 0.0
+        seconds = end - start
+        covered = self.schedule.overlaps(start, end)
+        grams = sum(kwh * part / seconds * intensity for part, intensity in covered)
+        uncovered = seconds - sum(part for part, _ in covered)
+        if fixed is not None and uncovered > 0:
+            grams += kwh * uncovered / seconds * fixed
+        return grams * self.pue
+
+
+@dataclass(frozen=True)
 class PriceQuote:
     """The instance's hourly price in USD, or None when unknown (never 0), with its source.
 
@@ -68,8 +109,15 @@ class PriceQuote:
     # price unit, and what a kWh the device draws costs: the tariff times the facility's PUE.
     device_overhead_per_hour: float = 0.0
     energy_dollars_per_kwh: float = 0.0
-    # Grams of CO2e per kWh the device draws (grid intensity x PUE); None when unknown.
-    carbon_grams_per_kwh: float | None = None
+    # How the energy a device draws becomes grams of CO2e; None when no intensity is known.
+    carbon: CarbonQuote | None = None
+
+    @property
+    def carbon_grams_per_kwh(self) -> float | None:
+        """The fixed grid intensity x PUE (the schedule aside); None when unknown."""
+        if self.carbon is None or self.carbon.grid_grams_per_kwh is None:
+            return None
+        return self.carbon.grid_grams_per_kwh * self.carbon.pue
 
     @property
     def known(self) -> bool:

@@ -65,6 +65,9 @@ def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
     )
     if price.dollars_per_hour is not None:
         add("accel_instance_price_dollars_per_hour", (), price.dollars_per_hour)
+    if snapshot.grid_intensity is not None:
+        grams, grams_source = snapshot.grid_intensity
+        add("accel_carbon_grid_intensity_grams_per_kwh", (grams_source,), grams)
     for d in snapshot.devices:
         i = d.identity
         dev = i.device

@@ -194,9 +194,18 @@ def _host(snapshot: Snapshot) -> str:
         ("Identity from", _e(identity.source)),
         ("Instance price", quote),
         ("Price from", origin),
+        ("Grid intensity", _intensity(snapshot.grid_intensity)),
         ("Tags", ", ".join(f"{_e(k)}={_e(v)}" for k, v in identity.tags) or "none"),
     )
     return "<h2>Host</h2><dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows) + "</dl>"
+
+
+def _intensity(in_force: tuple[float, str] | None) -> str:
+    """The grid intensity carbon is charged at now, and where it came from (a schedule past its end says so)."""
+    if in_force is None:
+        return "unknown: no carbon series (set carbon.grid_intensity or carbon.schedule_file)"
+    grams, source = in_force
+    return f"{grams:,.1f} g CO2e/kWh (from {_e(source)})"
 
 
 def _rates(snapshot: Snapshot, settings: LandingSettings) -> str:

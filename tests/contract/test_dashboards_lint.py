@@ -42,7 +42,7 @@ from test_alerts_lint import (
 GRAFANA = ROOT / "grafana"
 FILES = ["fleet-overview.json", "host-detail.json", "team-cost.json"]
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "table", "row"}
-UNITS = {"currencyUSD", "percentunit", "percent", "bytes", "watt", "s", "short", "celsius", "hertz"}
+UNITS = {"currencyUSD", "percentunit", "percent", "bytes", "watt", "s", "short", "celsius", "hertz", "masskg"}
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCHEMA_VERSION = 39
 VARIABLE_MATCHERS = {

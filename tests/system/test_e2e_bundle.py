@@ -8,6 +8,8 @@ Started as real subprocesses on 127.0.0.1 only:
 - one more p4d-idle-fleet whose config names an instance type without a price, so that host has
   price_source="none" and no money series (with idle GPUs no process holds, so nothing names
   their team);
+- one more p4d-idle-fleet priced as owned hardware (`pricing.owned`, price_source="owned") with a
+  fixed grid intensity, so owned and cloud hosts meet on the fleet overview;
 - /usr/bin/prometheus scraping them every second as job "accel", loading the shipped recording and
   alert rules plus a *derived* copy of the alert rules, made here by rewriting the shipped file
   (short `for`, low thresholds; never a hand-written copy), evaluating every second;
@@ -16,7 +18,9 @@ Started as real subprocesses on 127.0.0.1 only:
 
 Checks: every rule loads and evaluates cleanly; every recording rule has values; every query of
 every dashboard panel and annotation (and every variable) returns data; every query outside the
-money panels, and the team variable, return data for the unpriced host; the GPM panels show the
+money panels, and the team variable, return data for the unpriced host; the fleet overview splits
+spend and waste by price source with the owned host beside the cloud ones, and carbon over
+energy is each host's grid intensity x PUE; the GPM panels show the
 h100-gpm inference GPU busy with almost no SM activity, and the derived
 AcceleratorBusyWithoutSmActivity names that GPU alone and reaches only the "null" receiver; a
 derived alert reaches the webhook through the example routing tree, info alerts do not; killing an
@@ -63,6 +67,15 @@ JOB = "accel"
 # A second p4d-idle-fleet host whose instance type no price source knows: price_source="none".
 UNPRICED = "p4d-idle-fleet-unpriced"
 UNPRICED_TYPE = "p4d.unpriced"
+# A third p4d-idle-fleet host priced as owned hardware: price_source="owned".
+OWNED = "p4d-idle-fleet-owned"
+OWNED_PRICING = {
+    "purchase_price": 240000,
+    "lifetime_years": 4,
+    "overhead_per_device_hour": 0.15,
+    "electricity_per_kwh": 0.12,
+    "pue": 1.4,
+}
 
 pytestmark = pytest.mark.skipif(
     not (PROMETHEUS and ALERTMANAGER),
@@ -274,8 +287,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         unpriced_config = yaml.safe_load(DEMO_CONFIG.read_text())
         unpriced_config["host"] = {"instance_type": UNPRICED_TYPE}
         (tmp / "unpriced.yml").write_text(yaml.safe_dump(unpriced_config))
+        owned_config = yaml.safe_load(DEMO_CONFIG.read_text())
+        owned_config["pricing"] = {**owned_config.get("pricing", {}), "owned": OWNED_PRICING}
+        owned_config["carbon"] = {"grid_intensity": 400}
+        (tmp / "owned.yml").write_text(yaml.safe_dump(owned_config))
         runs = [(scenario, scenario, []) for scenario in scenarios]
         runs.append((UNPRICED, "p4d-idle-fleet", [f"--config.file={tmp / 'unpriced.yml'}"]))
+        runs.append((OWNED, "p4d-idle-fleet", [f"--config.file={tmp / 'owned.yml'}"]))
         for name, scenario, extra in runs:
             address = f"127.0.0.1:{pick_free_port()}"
             args = [
@@ -551,6 +569,52 @@ def test_unpriced_host_stays_on_the_dashboards(stack: Stack, team: str) -> None:
     assert len(queries) > (10 if team else 25)
     bad = without_data(stack, queries)
     assert bad == [], "queries without data for the unpriced host:\n" + "\n".join(bad)
+
+
+def panel_targets(name: str, title: str) -> list[str]:
+    """The query expressions of the panel titled `title` on dashboard `name`."""
+    panel = next(p for p in all_panels(json.loads((GRAFANA / name).read_text())) if p["title"] == title)
+    return [t["expr"] for t in panel["targets"]]
+
+
+def test_owned_and_cloud_hosts_together(stack: Stack) -> None:
+    """The fleet overview splits spend and waste by price source and lists every host with its own;
+    the team dashboard shows carbon per team from the owned host (fixed intensity) and the cloud ones
+    (the built-in region table), priced or not."""
+    owned = stack.exporters[OWNED][0]
+    spend, waste = panel_targets("fleet-overview.json", "Spend and waste by price source ($/h)")
+
+    def sources(expr: str) -> Callable[[], set[str] | None]:
+        def found() -> set[str] | None:
+            seen = {r["metric"].get("price_source", "") for r in stack.query(substitute(expr))}
+            return seen if {"owned", "builtin"} <= seen else None
+
+        return found
+
+    assert "none" not in wait_for("owned and cloud spend", sources(spend), 40, stack.procs)
+    wait_for("owned and cloud waste", sources(waste), 40, stack.procs)
+
+    hosts = panel_targets("fleet-overview.json", "Hosts: price source, spend and carbon now")
+    rows = {r["metric"]["instance"]: r["metric"]["price_source"] for r in stack.query(substitute(hosts[0]))}
+    assert rows[owned] == "owned" and rows[stack.exporters[UNPRICED][0]] == "none"
+    assert rows[stack.exporters["p4d-idle-fleet"][0]] == "builtin"
+    assert len(rows) == len(stack.exporters)
+
+    def grams_per_kwh() -> dict[str, float] | None:
+        """Per host, carbon over energy (both from the same scrapes) in g per kWh."""
+        carbon = {r["metric"]["instance"]: float(r["value"][1]) for r in stack.query(substitute(hosts[3]))}
+        ratio = stack.query(
+            "sum by (instance) (accel_carbon_grams_total) / sum by (instance) (accel_energy_joules_total)"
+        )
+        found = {r["metric"]["instance"]: float(r["value"][1]) * 3.6e6 for r in ratio}
+        wanted = (owned, stack.exporters[UNPRICED][0])
+        return found if all(h in carbon and math.isfinite(found.get(h, math.nan)) for h in wanted) else None
+
+    ratios = wait_for("carbon of the owned and the unpriced host", grams_per_kwh, 60, stack.procs)
+    assert ratios[owned] == pytest.approx(400 * 1.4, rel=1e-9)  # carbon.grid_intensity x the owned PUE
+    assert ratios[stack.exporters[UNPRICED][0]] == pytest.approx(379.069, rel=1e-9)  # us-east-1, built-in table
+    (by_team,) = panel_targets("team-cost.json", "Carbon by team (kg CO2e/h)")
+    assert {r["metric"]["team"] for r in stack.query(substitute(by_team))} >= {"ml-research"}
 
 
 def test_rightsizing_on_the_idle_p4d(stack: Stack) -> None:

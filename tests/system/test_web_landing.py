@@ -281,3 +281,10 @@ def test_chromium_dom_has_hostile_values_as_text_and_no_script(
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # the command, shown as text
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in dom  # the team, shown as text
     assert "second line" in dom
+
+
+def test_grid_intensity_and_its_source_are_shown() -> None:
+    scheduled = text_of(render_landing(snapshot(device(), grid_intensity=(412.5, "schedule")), LandingSettings()))
+    assert "Grid intensity 412.5 g CO2e/kWh (from schedule)" in scheduled
+    unknown = text_of(render_landing(snapshot(device()), LandingSettings()))
+    assert "Grid intensity unknown: no carbon series" in unknown

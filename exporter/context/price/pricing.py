@@ -18,7 +18,7 @@ from exporter.clock import Clock
 from exporter.config.model import CarbonSettings, PricingSettings
 from exporter.config.owned import amortized_per_hour
 from exporter.context.errors import ErrorCounts, LogOnce
-from exporter.context.model import HostIdentity, PriceQuote
+from exporter.context.model import CarbonQuote, HostIdentity, PriceQuote
 from exporter.context.price.aws_api import AwsApi, AwsLookupError, live_pricing_available
 from exporter.context.price.builtin_prices import builtin_table, opencost_accelerator_share
 from exporter.context.price.carbon_table import grid_intensity
@@ -113,16 +113,18 @@ class PriceResolver:
             accelerator_share=self._share(identity) if price is not None else 1.0,
             fetched_at=fetched_at,
             cached=cached,
-            carbon_grams_per_kwh=self._carbon_per_kwh(identity, 1.0),
+            carbon=self._carbon_quote(identity, 1.0),
         )
 
-    def _carbon_per_kwh(self, identity: HostIdentity, owned_pue: float) -> float | None:
-        """Grid intensity x PUE (carbon.pue, else the owned facility's, else 1), or None when unknown."""
-        intensity = grid_intensity(self._carbon, identity.region)
-        if intensity is None:
-            return None
+    def _carbon_quote(self, identity: HostIdentity, owned_pue: float) -> CarbonQuote | None:
+        """Grid intensity (schedule, else fixed) with the PUE (carbon.pue, else the owned facility's, else 1);
+        None when nothing is known."""
+        fixed = grid_intensity(self._carbon, identity.region)
         pue = self._carbon.pue if self._carbon.pue is not None else owned_pue
-        return intensity.grams_per_kwh * pue
+        quote = CarbonQuote(
+            fixed.grams_per_kwh if fixed else None, fixed.source if fixed else "", pue, self._carbon.schedule
+        )
+        return quote if quote.known else None
 
     def _owned(self, identity: HostIdentity) -> PriceQuote | None:
         """Owned hardware: the host's amortization (split over its accelerators like an instance
@@ -141,7 +143,7 @@ class PriceResolver:
             lifecycle=self.lifecycle(identity),
             device_overhead_per_hour=host.overhead_per_device_hour if host is not None else 0.0,
             energy_dollars_per_kwh=owned.electricity_dollars_per_kwh * owned.pue,
-            carbon_grams_per_kwh=self._carbon_per_kwh(identity, owned.pue),
+            carbon=self._carbon_quote(identity, owned.pue),
         )
 
     def _share(self, identity: HostIdentity) -> float:
