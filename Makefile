@@ -24,9 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## The inner loop: every test not marked slow
+## The inner loop: every test not marked slow, on one worker per core (pytest-xdist)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 ## Build the sdist and the wheel into dist/ and check them
 dist: $(STAMP)
