@@ -5,7 +5,7 @@ records, inside the process, every cyclic-GC pass (generation, pause, thread) an
 callback that ran longer than `--slow-ms` (what it was). From outside, this script scrapes it every
 `--scrape` seconds with Prometheus' headers and reads, around each scrape, how long the exporter's
 threads waited for a CPU (the run-queue field of /proc/<pid>/task/*/schedstat): time the machine,
-not the exporter, is to blame for. For each scrape over `--report-ms` it prints what overlapped it.
+not the exporter, is to blame for. For the slowest `--explain` scrapes it prints what overlapped them.
 
     .venv/bin/python bench/scrape_tail.py --gpus 64 --poll 1 --scrape 1 --seconds 120
     .venv/bin/python bench/scrape_tail.py --exporter-root /tmp/before ...   # an older checkout
@@ -46,12 +46,18 @@ def on_gc(phase, info):
         events["gc"].append([time.time() - ms / 1000, ms, info["generation"], threading.current_thread().name])
 gc.callbacks.append(on_gc)
 run = asyncio.events.Handle._run
+def name(handle):
+    owner = getattr(handle._callback, "__self__", None)
+    get_coro = getattr(owner, "get_coro", None)
+    coro = get_coro() if get_coro is not None else None
+    return getattr(coro, "__qualname__", None) or repr(handle)[:160]
 def timed_run(self):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     run(self)
     ms = 1000 * (time.perf_counter() - t0)
     if ms > slow_ms:
-        events["slow"].append([time.time() - ms / 1000, ms, repr(self)[:160]])
+        cpu = 1000 * (time.thread_time() - c0)
+        events["slow"].append([time.time() - ms / 1000, ms, name(self), cpu])
 asyncio.events.Handle._run = timed_run
 from exporter.cli import main
 status = main(sys.argv[1:])
@@ -111,7 +117,7 @@ def main() -> None:
     parser.add_argument("--scrape", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--slow-ms", type=float, default=3.0, help="loop callbacks longer than this are recorded")
-    parser.add_argument("--report-ms", type=float, default=10.0, help="scrapes slower than this are explained")
+    parser.add_argument("--explain", type=int, default=8, help="the slowest N scrapes are explained")
     parser.add_argument("--exporter-root", default=str(ROOT))
     args = parser.parse_args()
     root = Path(args.exporter_root)
@@ -141,17 +147,22 @@ def main() -> None:
             print(f"GC gen {generation}: {len(pauses)} passes, p50 {pct(pauses, 50):.2f} ms, max {max(pauses):.2f} ms")
     slow = events["slow"]
     print(f"loop callbacks over {args.slow_ms:g} ms: {len(slow)}")
-    for e in sorted(slow, key=lambda e: -float(e[1]))[:5]:
-        print(f"  {float(e[1]):6.1f} ms  {e[2]}")
-    for s in sorted(scrapes, key=lambda s: -s.ms):
-        if s.ms < args.report_ms:
-            break
+    for e in sorted(slow, key=lambda e: -float(e[1]))[:8]:
+        print(f"  {float(e[1]):6.1f} ms (loop thread on CPU {float(e[3]):.1f} ms)  {e[2]}")
+    calm = [s.ms for s in scrapes if s.run_queue_ms < 1.0]
+    if calm:
+        print(
+            f"{len(calm)} scrapes during which no exporter thread waited 1 ms for a CPU: "
+            f"p50 {pct(calm, 50):.1f} ms, p99 {pct(calm, 99):.1f} ms, max {max(calm):.1f} ms"
+        )
+    for s in sorted(scrapes, key=lambda s: -s.ms)[: args.explain]:
         end = s.start + s.ms / 1000
-        print(f"scrape {s.ms:.1f} ms: run-queue wait {s.run_queue_ms:.1f} ms")
+        print(f"scrape {s.ms:.1f} ms: exporter threads waited {s.run_queue_ms:.1f} ms for a CPU")
         for e in overlapping(gcs, s.start, end):
-            print(f"    GC gen {e[2]} {float(e[1]):.1f} ms on {e[3]}")
+            if float(e[1]) >= 0.5:
+                print(f"    GC gen {e[2]} {float(e[1]):.1f} ms on {e[3]}")
         for e in overlapping(slow, s.start, end):
-            print(f"    loop callback {float(e[1]):.1f} ms: {e[2]}")
+            print(f"    loop callback {float(e[1]):.1f} ms (on CPU {float(e[3]):.1f} ms): {e[2]}")
 
 
 if __name__ == "__main__":
