@@ -73,7 +73,7 @@ def floor_loop(scenario_name: str, interval: float) -> None:
     from exporter.clock import SystemClock
     from exporter.sim.fake_nvml import FakeNvml
     from exporter.sim.scenario import load_scenario
-    from exporter.sources.nvml import DUE_SHARE, ENERGY_READ_SECONDS, SAMPLES_READ_SECONDS
+    from exporter.sources.nvml_integrate import DUE_SHARE, ENERGY_READ_SECONDS, SAMPLES_READ_SECONDS
 
     clock = SystemClock()
     nvml = FakeNvml(load_scenario(scenario_name), clock).module()
