@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_seconds_precise, free_port, memory_kib  # noqa: E402
+from bench._common import cpu_seconds_precise, free_port, memory_kib, neuron_parser_child  # noqa: E402
 from exporter.sources.neuron_cores import CoreTracker  # noqa: E402
 from exporter.sources.neuron_parse import parse_line  # noqa: E402
 from exporter.sources.procfs import ProcessFacts  # noqa: E402
@@ -410,16 +410,6 @@ class StreamRun:
     child_rss_kib: dict[str, int]  # empty without a parser child
 
 
-def _parser_child(pid: int) -> int | None:
-    """The exporter's Neuron parser child, if it runs one."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"neuron_parser_child" in cmdline:
-                return int(child)
-    return None
-
-
 def _cpu_seconds(pid: int | None) -> float:
     return cpu_seconds_precise(pid) if pid is not None else 0.0
 
@@ -444,7 +434,7 @@ def scrape_during_stream(
                 ports.append(port)
             for port, proc in zip(ports, procs, strict=True):
                 _wait_for_neuron(port, proc)
-            children = [_parser_child(proc.pid) for proc in procs]
+            children = [neuron_parser_child(proc.pid) for proc in procs]
             deadline = time.monotonic() + seconds
             results: list[list[list[float]]] = [[[] for _ in range(scrapers)] for _ in roots]
             threads = [

@@ -9,7 +9,8 @@ For each configuration (GPUs x poll interval x scrape interval) this starts, at 
   data, through the same pynvml-compatible simulator, at the same poll interval and with the same
   spacing of the two expensive reads (sample buffer, energy counter) as the NVML source. On the
   Neuron host (`--gpus 0`) the floor reads the same simulated neuron-monitor's lines and only
-  `json.loads` them (the monitor processes themselves are counted on neither side).
+  `json.loads` them (the monitor processes themselves are counted on neither side; the
+  exporter's Neuron parser child is counted on the exporter's).
 
 It prints exporter CPU / floor CPU (both measured over the same window, so load from other jobs
 on the machine hits both; from each thread's schedstat, in ns, since clock ticks are too coarse
@@ -55,6 +56,7 @@ from bench._common import (  # noqa: E402
     cpu_seconds_precise,
     free_port,
     memory_kib,
+    neuron_parser_child,
     pct,
     start_demo_exporter,
 )
@@ -142,6 +144,7 @@ class Run:
     body_bytes: int
     exporter_rss_kib: int
     floor_rss_kib: int
+    child_rss_kib: int = 0  # the Neuron parser child's, whose CPU is in exporter_cpu
 
     def row(self) -> str:
         """One Markdown table row."""
@@ -155,13 +158,14 @@ class Run:
         return (
             f"| {self.gpus or 'Neuron: 32 cores, 0.35 MB lines'} | {self.poll:g} s | {scrape} | {1000 * self.exporter_cpu / self.window:.1f} | "
             f"{1000 * self.floor_cpu / self.window:.1f} | {ratio:.1f}× | {lat} | {self.body_bytes / 1024:.1f} | "
-            f"{self.exporter_rss_kib / 1024:.1f} | {self.floor_rss_kib / 1024:.1f} |"
+            f"{self.exporter_rss_kib / 1024:.1f}{f' + {self.child_rss_kib / 1024:.1f}' if self.child_rss_kib else ''} | "
+            f"{self.floor_rss_kib / 1024:.1f} |"
         )
 
 
 HEADER = (
     "| GPUs | poll | scrapes | exporter CPU ms/s | floor CPU ms/s | exporter ÷ floor | scrape p50 ms | p99 ms | "
-    "max ms | body KiB (gzip) | exporter RSS MiB | floor RSS MiB |\n"
+    "max ms | body KiB (gzip) | exporter RSS MiB (+ Neuron parser child) | floor RSS MiB |\n"
     "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 )
 
@@ -202,7 +206,12 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
     exporter, port = start_demo_exporter(scenario, f"{poll:g}s", extra, root=root)
     try:
         time.sleep(max(3.0, 2 * poll))  # warm-up: both past their start and first polls
-        e0, f0, t0 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
+        child = neuron_parser_child(exporter.pid)  # its CPU counts as the exporter's
+
+        def exporter_cpu() -> float:
+            return cpu_seconds_precise(exporter.pid) + (cpu_seconds_precise(child) if child is not None else 0.0)
+
+        e0, f0, t0 = exporter_cpu(), cpu_seconds_precise(floor.pid), time.perf_counter()
         until = t0 + seconds
         if scrape:
             latencies, size = asyncio.run(scrape_every(port, scrape, until))
@@ -211,7 +220,7 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
         time.sleep(max(0.0, until - time.perf_counter()))
         if floor.poll() is not None:
             raise SystemExit(f"the floor loop exited with status {floor.returncode}; its error is above")
-        e1, f1, t1 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
+        e1, f1, t1 = exporter_cpu(), cpu_seconds_precise(floor.pid), time.perf_counter()
         return Run(
             gpus,
             poll,
@@ -223,6 +232,7 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
             size,
             memory_kib(exporter.pid)["VmRSS"],
             memory_kib(floor.pid)["VmRSS"],
+            memory_kib(child)["VmRSS"] if child is not None else 0,
         )
     finally:
         for proc in (exporter, floor):
