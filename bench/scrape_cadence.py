@@ -25,6 +25,7 @@ times (`--repeat`) on a shared machine and report the range.
     .venv/bin/python bench/scrape_cadence.py serve                 # in process: whole scrapes over HTTP, new vs cached
     .venv/bin/python bench/scrape_cadence.py gzip                  # size and CPU of gzip levels 1, 6, 9
     .venv/bin/python bench/scrape_cadence.py rss                   # RSS after each import
+    .venv/bin/python bench/scrape_cadence.py poll-step             # in process: what each poll holds the loop for
 """
 
 from __future__ import annotations
@@ -258,15 +259,13 @@ def matrix(args: argparse.Namespace) -> None:
 # --- in process: render cost, gzip levels, memory per import -------------------------------------
 
 
-async def _snapshots(gpus: int, count: int) -> list[Any]:
-    """`count` consecutive snapshots of the scenario, polled 1 s apart on a manual clock."""
-    from exporter.clock import ManualClock
+async def _started_daemon(gpus: int, clock: Any) -> Any:
+    """A Daemon for the scenario with its sources and context started, not its loops."""
     from exporter.config import Config
     from exporter.config.load import load_config
     from exporter.context.provider import ContextProvider
     from exporter.daemon import Daemon, Options
 
-    clock = ManualClock()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yml"
         config.write_text(FLEET_64_CONFIG)
@@ -277,6 +276,15 @@ async def _snapshots(gpus: int, count: int) -> list[Any]:
     await daemon.provider.start()
     for source in daemon.sources:
         await source.start()
+    return daemon
+
+
+async def _snapshots(gpus: int, count: int) -> list[Any]:
+    """`count` consecutive snapshots of the scenario, polled 1 s apart on a manual clock."""
+    from exporter.clock import ManualClock
+
+    clock = ManualClock()
+    daemon = await _started_daemon(gpus, clock)
     out = []
     for _ in range(count):
         clock.advance(1.0)
@@ -285,6 +293,46 @@ async def _snapshots(gpus: int, count: int) -> list[Any]:
     for source in daemon.sources:
         await source.stop()
     return out
+
+
+async def _poll_step(gpus: int, count: int) -> tuple[list[float], list[float]]:
+    """CPU ms of the two steps of a poll that run on the event loop: the ledger's ingest, the snapshot."""
+    from exporter.clock import ManualClock
+    from exporter.daemon import attribute_ahead
+
+    clock = ManualClock()
+    daemon = await _started_daemon(gpus, clock)
+    ingest, snapshot = [], []
+    for i in range(count + 5):  # the first polls fill caches
+        clock.advance(1.0)
+        reports = [await source.poll() for source in daemon.sources]
+        context = daemon.provider.current()
+        reports = [attribute_ahead(r, context.attributor, clock) for r in reports]
+        t0 = time.thread_time()
+        for report in reports:
+            daemon.ledger.ingest(report, context, clock.monotonic())
+        t1 = time.thread_time()
+        daemon.ledger.snapshot(clock.monotonic())
+        t2 = time.thread_time()
+        if i >= 5:
+            ingest.append(1000 * (t1 - t0))
+            snapshot.append(1000 * (t2 - t1))
+    for source in daemon.sources:
+        await source.stop()
+    return ingest, snapshot
+
+
+def poll_step(args: argparse.Namespace) -> None:
+    """The part of each poll that holds the event loop: ledger ingest and snapshot, CPU ms."""
+    print("| GPUs | ingest ms (median / max) | snapshot ms (median / max) |")
+    print("| ---: | ---: | ---: |")
+    for gpus in args.gpus:
+        ingest, snapshot = asyncio.run(_poll_step(gpus, args.runs))
+        print(
+            f"| {gpus} | {statistics.median(ingest):.2f} / {max(ingest):.2f} "
+            f"| {statistics.median(snapshot):.2f} / {max(snapshot):.2f} |",
+            flush=True,
+        )
 
 
 def _cpu_ms(fn: Callable[[Any], object], inputs: Iterable[Any]) -> list[float]:
@@ -421,7 +469,7 @@ def main() -> None:
         "mode",
         nargs="?",
         default="matrix",
-        choices=["matrix", "floor", "neuron-floor", "render", "serve", "gzip", "rss"],
+        choices=["matrix", "floor", "neuron-floor", "render", "serve", "gzip", "rss", "poll-step"],
     )
     parser.add_argument(
         "--gpus", type=int, nargs="+", choices=[0, *sorted(SCENARIOS)], default=[8, 64], help="0: the Neuron host"
@@ -447,6 +495,8 @@ def main() -> None:
         gzip_levels(args)
     elif args.mode == "rss":
         rss_per_import(args)
+    elif args.mode == "poll-step":
+        poll_step(args)
     else:
         matrix(args)
 

@@ -66,7 +66,7 @@ with open(out_path, "w") as f:
 sys.exit(status)
 """
 
-SCENARIOS = {8: "p4d-idle-fleet", 64: str(FLEET_64)}
+SCENARIOS = {8: "p4d-idle-fleet", 64: str(FLEET_64), 0: str(ROOT / "bench" / "scenarios" / "trn1n-32-runtimes.yaml")}
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out_path = Path(tmp) / "events.json"
         config = Path(tmp) / "bench.yml"
-        config.write_text(FLEET_64_CONFIG)
+        # 0 GPUs: the Neuron host, its simulated neuron-monitor writing a line every poll interval.
+        config.write_text(FLEET_64_CONFIG if args.gpus else f"neuron:\n  period: {args.poll:g}s\n")
         port = free_port()
         argv = [sys.executable, "-c", PROBE, str(out_path), str(args.slow_ms), "--demo", SCENARIOS[args.gpus]]
         argv += ["--collector.interval", f"{args.poll:g}s", "--web.listen-address", f"127.0.0.1:{port}"]
-        argv += ["--log.level", "warn"] + (["--config.file", str(config)] if args.gpus == 64 else [])
+        argv += ["--log.level", "warn"] + (["--config.file", str(config)] if args.gpus != 8 else [])
         proc = subprocess.Popen(argv, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
         try:
             time.sleep(max(3.0, 2 * args.poll))  # past start-up and the first polls
