@@ -268,9 +268,10 @@ async def _started_daemon(gpus: int, clock: Any) -> Any:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yml"
-        config.write_text(FLEET_64_CONFIG)
-        loaded = load_config(str(config)) if gpus == 64 else Config()
-    daemon = Daemon(Options(demo=SCENARIOS[gpus], interval=1.0), loaded, clock)
+        config.write_text(FLEET_64_CONFIG if gpus else NEURON_CONFIG.format(period="1"))
+        loaded = load_config(str(config)) if gpus != 8 else Config()
+    scenario = SCENARIOS[gpus] if gpus else str(NEURON_SCENARIO)
+    daemon = Daemon(Options(demo=scenario, interval=1.0), loaded, clock)
     daemon._build_sources()
     daemon.provider = ContextProvider(loaded, clock, daemon._demo_host())
     await daemon.provider.start()
@@ -296,15 +297,23 @@ async def _snapshots(gpus: int, count: int) -> list[Any]:
 
 
 async def _poll_step(gpus: int, count: int) -> tuple[list[float], list[float]]:
-    """CPU ms of the two steps of a poll that run on the event loop: the ledger's ingest, the snapshot."""
-    from exporter.clock import ManualClock
-    from exporter.daemon import attribute_ahead
+    """CPU ms of the two steps of a poll that run on the event loop: the ledger's ingest, the snapshot.
 
-    clock = ManualClock()
+    `gpus` 0 is the Neuron host: its simulated neuron-monitor runs in real time, so that run takes
+    a second per poll.
+    """
+    from exporter.clock import ManualClock, SystemClock
+    from exporter.context.owner.attribution import attribute_ahead
+
+    manual = ManualClock()
+    clock = manual if gpus else SystemClock()
     daemon = await _started_daemon(gpus, clock)
     ingest, snapshot = [], []
     for i in range(count + 5):  # the first polls fill caches
-        clock.advance(1.0)
+        if gpus:
+            manual.advance(1.0)
+        else:
+            await asyncio.sleep(1.0)  # a line a second from the monitor
         reports = [await source.poll() for source in daemon.sources]
         context = daemon.provider.current()
         reports = [attribute_ahead(r, context.attributor, clock) for r in reports]
