@@ -58,6 +58,22 @@ def cpu_seconds_precise(pid: int) -> float:
     return total / 1e9
 
 
+def neuron_parser_child(pid: int) -> int | None:
+    """The exporter's Neuron parser child process, if it runs one (code from before it had none)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if b"neuron_parser_child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    return None
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon and RssFile of a process in KiB, from /proc/<pid>/status."""
     out = {}

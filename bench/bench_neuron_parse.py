@@ -37,12 +37,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import free_port  # noqa: E402
+from bench._common import cpu_seconds_precise, free_port, memory_kib, neuron_parser_child  # noqa: E402
 from exporter.sources.neuron_cores import CoreTracker  # noqa: E402
 from exporter.sources.neuron_parse import parse_line  # noqa: E402
 from exporter.sources.procfs import ProcessFacts  # noqa: E402
@@ -286,43 +287,54 @@ def write_docs(body: str) -> Path:
 STALL_MS = 4.0
 
 
-async def _stalls(monitor: Path, seconds: float, on_loop: bool) -> list[float]:
-    """Loop stalls (ms) while the source reads the stream; `on_loop` parses on the event loop."""
+PARSE_PLACES = ("parser child process", "worker thread", "event loop", "no stream (the machine alone)")
+
+
+async def _stalls(monitor: Path, seconds: float, place: str) -> list[float]:
+    """Loop stalls (ms) while the source reads the stream, parsing in `place` (one of PARSE_PLACES)."""
     from exporter.clock import SystemClock
     from exporter.config.model import NeuronSettings
     from exporter.sources.neuron import NeuronSource
 
-    src = NeuronSource(NeuronSettings(monitor_path=str(monitor), period_seconds=1.0), SystemClock(), _Procs())
+    if place == PARSE_PLACES[-1]:
+        return await _late_timers(seconds)
+    settings = NeuronSettings(monitor_path=str(monitor), period_seconds=1.0)
+    src = NeuronSource(settings, SystemClock(), _Procs(), parse_in_child=place == PARSE_PLACES[0])
     await src.start()
-    if on_loop:
+    if place == "event loop":
         # Without its worker the source parses inline, on the loop: the behaviour before the worker.
         worker, src._worker = src._worker, None
         assert worker is not None
         worker.shutdown(wait=False)
-    stalls: list[float] = []
     try:
         while src.records < 2:
             await asyncio.sleep(0.01)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            await asyncio.sleep(0.001)
-            late = (time.perf_counter() - start) * 1000 - 1.0
-            if late > STALL_MS:
-                stalls.append(late)
+        return await _late_timers(seconds)
     finally:
         await src.stop()
+
+
+async def _late_timers(seconds: float) -> list[float]:
+    """How late (ms) a 1 ms timer fired, each time it was over STALL_MS late, for `seconds`."""
+    stalls: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        await asyncio.sleep(0.001)
+        late = (time.perf_counter() - start) * 1000 - 1.0
+        if late > STALL_MS:
+            stalls.append(late)
     return stalls
 
 
 def loop_stalls(seconds: float, rounds: int, line_every: float) -> dict[str, list[float]]:
-    """Loop stalls with the parse on the worker and on the loop, `rounds` alternating runs each."""
-    out: dict[str, list[float]] = {"worker thread": [], "event loop (before)": []}
+    """Loop stalls with the parse in each of PARSE_PLACES, `rounds` alternating runs each."""
+    out: dict[str, list[float]] = {place: [] for place in PARSE_PLACES}
     with tempfile.TemporaryDirectory(prefix="bench-neuron-") as tmp:
         monitor = _stream_script(Path(tmp), line_every)
         for _ in range(rounds):
-            out["worker thread"] += asyncio.run(_stalls(monitor, seconds, on_loop=False))
-            out["event loop (before)"] += asyncio.run(_stalls(monitor, seconds, on_loop=True))
+            for place in PARSE_PLACES:
+                out[place] += asyncio.run(_stalls(monitor, seconds, place))
     return out
 
 
@@ -386,10 +398,26 @@ def _wait_for_neuron(port: int, proc: subprocess.Popen[bytes], within: float = 6
     raise SystemExit(f"the neuron collector did not succeed within {within:g} s")
 
 
+@dataclass(frozen=True)
+class StreamRun:
+    """What one exporter did during the stream: scrape latencies, CPU over the window, memory."""
+
+    latencies_ms: list[float]
+    exporter_cpu_s: float
+    child_cpu_s: float  # the parser child's, 0 without one
+    window_s: float
+    exporter_rss_kib: dict[str, int]
+    child_rss_kib: dict[str, int]  # empty without a parser child
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    return cpu_seconds_precise(pid) if pid is not None else 0.0
+
+
 def scrape_during_stream(
     roots: list[Path], seconds: float, scrapers: int, line_every: float, scrape_every: float
-) -> list[list[float]]:
-    """Scrape latencies (ms) per checkout, their exporters side by side, each reading a big line every `line_every` s."""
+) -> list[StreamRun]:
+    """Per checkout, their exporters side by side, each reading a big line every `line_every` s."""
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bench-neuron-") as tmp:
         monitor = _stream_script(Path(tmp), line_every)
@@ -406,6 +434,7 @@ def scrape_during_stream(
                 ports.append(port)
             for port, proc in zip(ports, procs, strict=True):
                 _wait_for_neuron(port, proc)
+            children = [neuron_parser_child(proc.pid) for proc in procs]
             deadline = time.monotonic() + seconds
             results: list[list[list[float]]] = [[[] for _ in range(scrapers)] for _ in roots]
             threads = [
@@ -413,31 +442,56 @@ def scrape_during_stream(
                 for port, outs in zip(ports, results, strict=True)
                 for out in outs
             ]
+            started = time.perf_counter()
+            cpu_before = [
+                (_cpu_seconds(proc.pid), _cpu_seconds(child)) for proc, child in zip(procs, children, strict=True)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
+            window = time.perf_counter() - started
+            runs = []
+            for proc, child, (e0, c0), outs in zip(procs, children, cpu_before, results, strict=True):
+                runs.append(
+                    StreamRun(
+                        [ms for out in outs for ms in out],
+                        _cpu_seconds(proc.pid) - e0,
+                        _cpu_seconds(child) - c0,
+                        window,
+                        memory_kib(proc.pid),
+                        memory_kib(child) if child is not None else {},
+                    )
+                )
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
-    return [[ms for out in outs for ms in out] for outs in results]
+    return runs
 
 
 def scrape_table(
-    roots: list[Path], latencies: list[list[float]], scrapers: int, line_every: float, scrape_every: float
+    roots: list[Path], runs: list[StreamRun], scrapers: int, line_every: float, scrape_every: float
 ) -> str:
-    """Scrape latency percentiles, one row per checkout."""
+    """Scrape latency percentiles, CPU and memory, one row per checkout."""
     lines = [
         f"One {len(big_line()) / 1e6:.2f} MB line every {line_every:g} s; {scrapers} clients per exporter, "
         f"each scraping every {scrape_every:g} s; Python {platform.python_version()}.",
         "",
-        "| checkout | scrapes | p50 ms | p90 ms | p99 ms | max ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| checkout | scrapes | p50 ms | p90 ms | p99 ms | max ms | exporter CPU ms/s | parser child CPU ms/s "
+        "| exporter RSS / peak MiB | parser child RSS / peak MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for root, values in zip(roots, latencies, strict=True):
-        p50, p90, p99, top = _percentiles(values)
-        lines.append(f"| {root} | {len(values)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} |")
+    for root, run in zip(roots, runs, strict=True):
+        p50, p90, p99, top = _percentiles(run.latencies_ms)
+        rss = run.exporter_rss_kib
+        child = run.child_rss_kib
+        child_rss = f"{child['VmRSS'] / 1024:.1f} / {child['VmHWM'] / 1024:.1f}" if child else "—"
+        lines.append(
+            f"| {root} | {len(run.latencies_ms)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} "
+            f"| {1000 * run.exporter_cpu_s / run.window_s:.1f} | {1000 * run.child_cpu_s / run.window_s:.1f} "
+            f"| {rss['VmRSS'] / 1024:.1f} / {rss['VmHWM'] / 1024:.1f} | {child_rss} |"
+        )
     return "\n".join(lines)
 
 
@@ -453,6 +507,7 @@ def main() -> int:
     parser.add_argument("--root", type=Path, action="append", help="checkout whose exporter to run (repeatable)")
     parser.add_argument("--loop-stalls", action="store_true", help="loop stalls, parse on the worker vs the loop")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="--scrape: runs, each printed as its own table")
     args = parser.parse_args()
     if args.loop_stalls:
         print(
@@ -461,13 +516,17 @@ def main() -> int:
         )
         print("| parse on | stalls | p50 ms | p90 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |")
         for name, stalls in loop_stalls(args.seconds, args.rounds, args.line_every).items():
+            if not stalls:
+                print(f"| {name} | 0 | — | — | — | — |")
+                continue
             p50, p90, p99, top = _percentiles(stalls)
             print(f"| {name} | {len(stalls)} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} |")
         return 0
     if args.scrape:
         roots = [root.resolve() for root in args.root or [ROOT]]
-        latencies = scrape_during_stream(roots, args.seconds, args.scrapers, args.line_every, args.scrape_every)
-        print(scrape_table(roots, latencies, args.scrapers, args.line_every, args.scrape_every))
+        for _ in range(args.repeat):
+            runs = scrape_during_stream(roots, args.seconds, args.scrapers, args.line_every, args.scrape_every)
+            print(scrape_table(roots, runs, args.scrapers, args.line_every, args.scrape_every), flush=True)
         return 0
     size, results = measure(args.runs)
     body = table(size, results, args.runs)

@@ -9,7 +9,8 @@ For each configuration (GPUs x poll interval x scrape interval) this starts, at 
   data, through the same pynvml-compatible simulator, at the same poll interval and with the same
   spacing of the two expensive reads (sample buffer, energy counter) as the NVML source. On the
   Neuron host (`--gpus 0`) the floor reads the same simulated neuron-monitor's lines and only
-  `json.loads` them (the monitor processes themselves are counted on neither side).
+  `json.loads` them (the monitor processes themselves are counted on neither side; the
+  exporter's Neuron parser child is counted on the exporter's).
 
 It prints exporter CPU / floor CPU (both measured over the same window, so load from other jobs
 on the machine hits both; from each thread's schedstat, in ns, since clock ticks are too coarse
@@ -24,6 +25,7 @@ times (`--repeat`) on a shared machine and report the range.
     .venv/bin/python bench/scrape_cadence.py serve                 # in process: whole scrapes over HTTP, new vs cached
     .venv/bin/python bench/scrape_cadence.py gzip                  # size and CPU of gzip levels 1, 6, 9
     .venv/bin/python bench/scrape_cadence.py rss                   # RSS after each import
+    .venv/bin/python bench/scrape_cadence.py poll-step             # in process: what each poll holds the loop for
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from bench._common import (  # noqa: E402
     cpu_seconds_precise,
     free_port,
     memory_kib,
+    neuron_parser_child,
     pct,
     start_demo_exporter,
 )
@@ -73,7 +76,7 @@ def floor_loop(scenario_name: str, interval: float) -> None:
     from exporter.clock import SystemClock
     from exporter.sim.fake_nvml import FakeNvml
     from exporter.sim.scenario import load_scenario
-    from exporter.sources.nvml import DUE_SHARE, ENERGY_READ_SECONDS, SAMPLES_READ_SECONDS
+    from exporter.sources.nvml_integrate import DUE_SHARE, ENERGY_READ_SECONDS, SAMPLES_READ_SECONDS
 
     clock = SystemClock()
     nvml = FakeNvml(load_scenario(scenario_name), clock).module()
@@ -142,6 +145,7 @@ class Run:
     body_bytes: int
     exporter_rss_kib: int
     floor_rss_kib: int
+    child_rss_kib: int = 0  # the Neuron parser child's, whose CPU is in exporter_cpu
 
     def row(self) -> str:
         """One Markdown table row."""
@@ -155,13 +159,14 @@ class Run:
         return (
             f"| {self.gpus or 'Neuron: 32 cores, 0.35 MB lines'} | {self.poll:g} s | {scrape} | {1000 * self.exporter_cpu / self.window:.1f} | "
             f"{1000 * self.floor_cpu / self.window:.1f} | {ratio:.1f}× | {lat} | {self.body_bytes / 1024:.1f} | "
-            f"{self.exporter_rss_kib / 1024:.1f} | {self.floor_rss_kib / 1024:.1f} |"
+            f"{self.exporter_rss_kib / 1024:.1f}{f' + {self.child_rss_kib / 1024:.1f}' if self.child_rss_kib else ''} | "
+            f"{self.floor_rss_kib / 1024:.1f} |"
         )
 
 
 HEADER = (
     "| GPUs | poll | scrapes | exporter CPU ms/s | floor CPU ms/s | exporter ÷ floor | scrape p50 ms | p99 ms | "
-    "max ms | body KiB (gzip) | exporter RSS MiB | floor RSS MiB |\n"
+    "max ms | body KiB (gzip) | exporter RSS MiB (+ Neuron parser child) | floor RSS MiB |\n"
     "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 )
 
@@ -202,7 +207,12 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
     exporter, port = start_demo_exporter(scenario, f"{poll:g}s", extra, root=root)
     try:
         time.sleep(max(3.0, 2 * poll))  # warm-up: both past their start and first polls
-        e0, f0, t0 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
+        child = neuron_parser_child(exporter.pid)  # its CPU counts as the exporter's
+
+        def exporter_cpu() -> float:
+            return cpu_seconds_precise(exporter.pid) + (cpu_seconds_precise(child) if child is not None else 0.0)
+
+        e0, f0, t0 = exporter_cpu(), cpu_seconds_precise(floor.pid), time.perf_counter()
         until = t0 + seconds
         if scrape:
             latencies, size = asyncio.run(scrape_every(port, scrape, until))
@@ -211,7 +221,7 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
         time.sleep(max(0.0, until - time.perf_counter()))
         if floor.poll() is not None:
             raise SystemExit(f"the floor loop exited with status {floor.returncode}; its error is above")
-        e1, f1, t1 = cpu_seconds_precise(exporter.pid), cpu_seconds_precise(floor.pid), time.perf_counter()
+        e1, f1, t1 = exporter_cpu(), cpu_seconds_precise(floor.pid), time.perf_counter()
         return Run(
             gpus,
             poll,
@@ -223,6 +233,7 @@ def measure(gpus: int, poll: float, scrape: float | None, seconds: float, root: 
             size,
             memory_kib(exporter.pid)["VmRSS"],
             memory_kib(floor.pid)["VmRSS"],
+            memory_kib(child)["VmRSS"] if child is not None else 0,
         )
     finally:
         for proc in (exporter, floor):
@@ -248,25 +259,33 @@ def matrix(args: argparse.Namespace) -> None:
 # --- in process: render cost, gzip levels, memory per import -------------------------------------
 
 
-async def _snapshots(gpus: int, count: int) -> list[Any]:
-    """`count` consecutive snapshots of the scenario, polled 1 s apart on a manual clock."""
-    from exporter.clock import ManualClock
+async def _started_daemon(gpus: int, clock: Any) -> Any:
+    """A Daemon for the scenario with its sources and context started, not its loops."""
     from exporter.config import Config
     from exporter.config.load import load_config
     from exporter.context.provider import ContextProvider
     from exporter.daemon import Daemon, Options
 
-    clock = ManualClock()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yml"
-        config.write_text(FLEET_64_CONFIG)
-        loaded = load_config(str(config)) if gpus == 64 else Config()
-    daemon = Daemon(Options(demo=SCENARIOS[gpus], interval=1.0), loaded, clock)
+        config.write_text(FLEET_64_CONFIG if gpus else NEURON_CONFIG.format(period="1"))
+        loaded = load_config(str(config)) if gpus != 8 else Config()
+    scenario = SCENARIOS[gpus] if gpus else str(NEURON_SCENARIO)
+    daemon = Daemon(Options(demo=scenario, interval=1.0), loaded, clock)
     daemon._build_sources()
     daemon.provider = ContextProvider(loaded, clock, daemon.environment)
     await daemon.provider.start()
     for source in daemon.sources:
         await source.start()
+    return daemon
+
+
+async def _snapshots(gpus: int, count: int) -> list[Any]:
+    """`count` consecutive snapshots of the scenario, polled 1 s apart on a manual clock."""
+    from exporter.clock import ManualClock
+
+    clock = ManualClock()
+    daemon = await _started_daemon(gpus, clock)
     out = []
     for _ in range(count):
         clock.advance(1.0)
@@ -275,6 +294,54 @@ async def _snapshots(gpus: int, count: int) -> list[Any]:
     for source in daemon.sources:
         await source.stop()
     return out
+
+
+async def _poll_step(gpus: int, count: int) -> tuple[list[float], list[float]]:
+    """CPU ms of the two steps of a poll that run on the event loop: the ledger's ingest, the snapshot.
+
+    `gpus` 0 is the Neuron host: its simulated neuron-monitor runs in real time, so that run takes
+    a second per poll.
+    """
+    from exporter.clock import ManualClock, SystemClock
+    from exporter.context.owner.attribution import attribute_ahead
+
+    manual = ManualClock()
+    clock = manual if gpus else SystemClock()
+    daemon = await _started_daemon(gpus, clock)
+    ingest, snapshot = [], []
+    for i in range(count + 5):  # the first polls fill caches
+        if gpus:
+            manual.advance(1.0)
+        else:
+            await asyncio.sleep(1.0)  # a line a second from the monitor
+        reports = [await source.poll() for source in daemon.sources]
+        context = daemon.provider.current()
+        reports = [attribute_ahead(r, context.attributor, clock) for r in reports]
+        t0 = time.thread_time()
+        for report in reports:
+            daemon.ledger.ingest(report, context, clock.monotonic())
+        t1 = time.thread_time()
+        daemon.ledger.snapshot(clock.monotonic())
+        t2 = time.thread_time()
+        if i >= 5:
+            ingest.append(1000 * (t1 - t0))
+            snapshot.append(1000 * (t2 - t1))
+    for source in daemon.sources:
+        await source.stop()
+    return ingest, snapshot
+
+
+def poll_step(args: argparse.Namespace) -> None:
+    """The part of each poll that holds the event loop: ledger ingest and snapshot, CPU ms."""
+    print("| GPUs | ingest ms (median / max) | snapshot ms (median / max) |")
+    print("| ---: | ---: | ---: |")
+    for gpus in args.gpus:
+        ingest, snapshot = asyncio.run(_poll_step(gpus, args.runs))
+        print(
+            f"| {gpus} | {statistics.median(ingest):.2f} / {max(ingest):.2f} "
+            f"| {statistics.median(snapshot):.2f} / {max(snapshot):.2f} |",
+            flush=True,
+        )
 
 
 def _cpu_ms(fn: Callable[[Any], object], inputs: Iterable[Any]) -> list[float]:
@@ -411,7 +478,7 @@ def main() -> None:
         "mode",
         nargs="?",
         default="matrix",
-        choices=["matrix", "floor", "neuron-floor", "render", "serve", "gzip", "rss"],
+        choices=["matrix", "floor", "neuron-floor", "render", "serve", "gzip", "rss", "poll-step"],
     )
     parser.add_argument(
         "--gpus", type=int, nargs="+", choices=[0, *sorted(SCENARIOS)], default=[8, 64], help="0: the Neuron host"
@@ -437,6 +504,8 @@ def main() -> None:
         gzip_levels(args)
     elif args.mode == "rss":
         rss_per_import(args)
+    elif args.mode == "poll-step":
+        poll_step(args)
     else:
         matrix(args)
 

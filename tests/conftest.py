@@ -144,6 +144,15 @@ def wait_until(
         time.sleep(0.05)
 
 
+def process_gone(pid: int) -> bool:
+    """True when no process (not even a zombie) has this pid: it exited and was reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def within(seconds: float, call: Callable[[], T]) -> T:
     """`call()`, failing the test if it has not returned after `seconds`: for calls that a
     regression would block forever (reading a FIFO), so the suite fails instead of hanging."""

@@ -30,7 +30,7 @@ from exporter.catalogue import counter_problem
 from exporter.config.model import AccountingSettings
 from exporter.context.model import UNASSIGNED, Attributor, HostContext, HostIdentity, Owner, PodFacts, PriceQuote
 from exporter.context.owner.labels import sanitize_label
-from exporter.readings import DeviceIdentity, DeviceReading, Labels, SourceReport
+from exporter.readings import DeviceIdentity, DeviceReading, Labels, ProcessReading, SourceReport
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,12 @@ class Ledger:
         host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
+        # One attribution per distinct process per report: a Neuron runtime is listed on every core
+        # it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
+        owners: dict[ProcessReading, Owner] = {}
         for reading in report.devices:
             seen.add(reading.identity.device)
-            self._ingest_device(report.collector, reading, now, host, attributor)
+            self._ingest_device(report.collector, reading, now, host, attributor, owners)
         missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
@@ -169,7 +172,7 @@ class Ledger:
             # stay, shown down, and keep accruing time and cost like a lost GPU.
             for name in missing:
                 down = DeviceReading(self._devices[name].identity, up=False)
-                self._ingest_device(report.collector, down, now, host, attributor)
+                self._ingest_device(report.collector, down, now, host, attributor, owners)
         self._reprice(context)
         for name in first_seen:
             self._open_money(self._devices[name], now)
@@ -208,7 +211,13 @@ class Ledger:
         self._prices = device_prices(context.price, [b.identity for b in self._devices.values()])
 
     def _ingest_device(
-        self, collector: str, reading: DeviceReading, now: float, host: Owner, attributor: Attributor
+        self,
+        collector: str,
+        reading: DeviceReading,
+        now: float,
+        host: Owner,
+        attributor: Attributor,
+        owners: dict[ProcessReading, Owner],
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
@@ -252,7 +261,7 @@ class Ledger:
         if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
             # No energy counter ever (one read only every few polls still counts): power x time.
             joules = reading.power_watts * dt
-        book.processes, book.owner = self._owners(reading, host, attributor)
+        book.processes, book.owner = self._owners(reading, host, attributor, owners)
         for delta in reading.counters:
             problem = counter_problem(delta.metric, tuple(label for label, _ in delta.labels))
             if problem is not None:
@@ -337,19 +346,26 @@ class Ledger:
 
     def _capped(self, owner: Owner) -> Owner:
         """The owner with team and workload counted against the label cap (overflow becomes `other`)."""
-        return replace(
-            owner, team=self._cap.admit("team", owner.team), workload=self._cap.admit("workload", owner.workload)
-        )
+        team = self._cap.admit("team", owner.team)
+        workload = self._cap.admit("workload", owner.workload)
+        if team == owner.team and workload == owner.workload:
+            return owner  # the usual case; a copy would cost a dataclasses.replace per process per poll
+        return replace(owner, team=team, workload=workload)
 
     def _owners(
-        self, reading: DeviceReading, host: Owner, attributor: Attributor
+        self, reading: DeviceReading, host: Owner, attributor: Attributor, owners: dict[ProcessReading, Owner]
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
+        """The device's processes as snapshots and its owner; `owners` remembers each process's within a report."""
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
-            owner = attributor.process_owner(proc)
-            if not owner.team:
-                owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
+            owner = owners.get(proc)
+            if owner is None:
+                owner = attributor.process_owner(proc)
+                if not owner.team:
+                    owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
+                owners[proc] = owner
+            # Per entry, not per process: an overflowing value is counted each time it is replaced.
             owner = self._capped(owner)
             processes.append(
                 ProcessSnapshot(

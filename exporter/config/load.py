@@ -22,7 +22,8 @@ from exporter.config.model import (
     SlurmSettings,
 )
 from exporter.config.owned import parse_carbon, parse_owned
-from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, finite_number, yaml_document
+from exporter.config.reader import ConfigInvalid, Reader, YamlProblem, yaml_document
+from exporter.numbers import finite_number
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 

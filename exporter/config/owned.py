@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from exporter.config.carbon_schedule import MAX_GRAMS_PER_KWH, ScheduleInvalid, read_schedule
 from exporter.config.model import CarbonSchedule, CarbonSettings, OwnedHardware, OwnedSettings
-from exporter.config.reader import Reader, finite_number
+from exporter.config.reader import Reader
 from exporter.context.price.price_bounds import price_problem
+from exporter.numbers import finite_number
 
 HOURS_PER_YEAR = 8760.0  # 365 days: the amortization year docs/pricing.md states
 MAX_PURCHASE_DOLLARS = 100_000_000.0

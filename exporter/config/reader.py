@@ -6,7 +6,6 @@ can fix the whole file in one pass (the pve-exporter `ConfigInvalid` idea).
 
 from __future__ import annotations
 
-import math
 import re
 import reprlib
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from exporter.context.price.price_bounds import BOUNDS_TEXT, price_problem
+from exporter.numbers import finite_number
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -87,17 +87,6 @@ def _show(value: Any) -> str:
     except ValueError:  # an integer past Python's 4300-digit str() limit
         return "a number too long to show"
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def finite_number(value: Any) -> float | None:
-    """`value` as a finite float; None for bools, non-numbers, NaN, infinities and integers beyond a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # YAML integers are unbounded: 10**400 is a valid document
-        return None
-    return number if math.isfinite(number) else None
 
 
 def parse_duration(value: Any) -> float | None:

@@ -2,9 +2,11 @@
 
 neuron-monitor is started by absolute path (it is not on PATH under systemd or in containers)
 with a config file this module writes, and read line by line in a background task. Each line is
-parsed (neuron_parse) on the source's own worker thread, since a 1.5 MB line takes 20-30 ms,
-and folded into a CoreTracker (neuron_cores) on the event loop; `poll` hands out what
-accumulated since the previous poll. The child is restarted with exponential backoff when it
+parsed (neuron_parse) in a parser child process (neuron_parser): a 1.5 MB line takes 20-30 ms,
+most of it in json.loads, which holds the GIL, so a thread would still stall the event loop.
+While that child restarts, lines are parsed on the source's own worker thread. Records are
+folded into a CoreTracker (neuron_cores) on the event loop; `poll` hands out what accumulated
+since the previous poll. The child is restarted with exponential backoff when it
 exits or stalls, its stderr is drained into the debug log, and `stop` terminates, kills if
 needed and reaps it, so no orphan or zombie is left behind.
 """
@@ -31,7 +33,9 @@ from exporter.config.model import NeuronSettings
 from exporter.readings import SourceReport
 from exporter.sources.neuron_cores import MIN_PERIOD_SECONDS, CoreTracker
 from exporter.sources.neuron_parse import MonitorRecord, ParseError, parse_line
+from exporter.sources.neuron_parser import ParserChild, ParserCrashed, ParserUnavailable
 from exporter.sources.procfs import ProcessFacts, ProcessFactsReader
+from exporter.sources.streams import text_lines
 from exporter.workers import SerialDaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -124,8 +128,13 @@ class NeuronSource:
         backoff_max_seconds: float = 60.0,
         stall_timeout_seconds: float | None = None,
         stop_timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS,
+        parse_in_child: bool = True,
     ) -> None:
-        """The keyword arguments are limits and waits; tests shorten them."""
+        """The keyword arguments are limits and waits (tests shorten them) and where lines are parsed.
+
+        `parse_in_child` False parses every line on the source's worker thread, as before the
+        parser child (benchmarks compare the two).
+        """
         self._settings = settings
         self._clock = clock
         self._proc_reader = proc_reader
@@ -160,6 +169,8 @@ class NeuronSource:
         # Parsing and /proc reads, off the event loop. The source's own thread: the loop's default
         # executor serves others (request handling) and must not delay neuron polls or be delayed.
         self._worker: SerialDaemonExecutor | None = None
+        self._parse_in_child = parse_in_child
+        self._parser: ParserChild | None = None
 
     # --- introspection (tests, diagnostics) -----------------------------------------------
 
@@ -184,6 +195,11 @@ class NeuronSource:
         return self._tracker.total_records
 
     @property
+    def parser_pids(self) -> tuple[int, ...]:
+        """Pids of every parser child this source started, in order."""
+        return self._parser.pids if self._parser is not None else ()
+
+    @property
     def config_path(self) -> Path | None:
         """The generated neuron-monitor config file, while running."""
         return self._config_path
@@ -205,6 +221,10 @@ class NeuronSource:
             self._config_path = None
             return
         self._worker = SerialDaemonExecutor("neuron-parse")
+        if self._parse_in_child:
+            self._parser = ParserChild(
+                backoff_initial_seconds=self._backoff_initial, backoff_max_seconds=self._backoff_max
+            )
         self._task = asyncio.create_task(self._supervise(), name="neuron-monitor supervisor")
 
     async def stop(self) -> None:
@@ -228,12 +248,17 @@ class NeuronSource:
             for leftover in (proc, self._proc):
                 if leftover is not None:
                     await self._terminate(leftover)
+            if self._parser is not None:
+                await self._parser.stop()
         finally:
             for leftover in (proc, self._proc):
                 if leftover is not None and leftover.returncode is None:
                     # Synchronous, so it happens even when cancelled; asyncio's child watcher reaps it.
                     self._signal(leftover, signal.SIGKILL)
             self._proc = None
+            parser, self._parser = self._parser, None
+            if parser is not None:
+                parser.kill()  # stopped above unless cancelled; synchronous, like the SIGKILL above
             worker, self._worker = self._worker, None
             if worker is not None:
                 worker.shutdown(wait=False)  # a parse in flight finishes on its own; nothing waits for it
@@ -409,6 +434,8 @@ class NeuronSource:
             return
         try:
             record = await self._parse(line)
+            if record is None:
+                return
         except ParseError as exc:
             self._errors["parse"] += 1
             self._debug_log("neuron-monitor line skipped (%d bytes): %s", len(line), exc)
@@ -429,8 +456,20 @@ class NeuronSource:
         self._records_this_run += 1
         self._last_record_at = self._clock.monotonic()
 
-    async def _parse(self, line: bytes) -> MonitorRecord:
+    async def _parse(self, line: bytes) -> MonitorRecord | None:
+        """The line's record (None: lost with a crashed parser child, counted); ParseError for a bad line."""
         # One line at a time, in order: the reader awaits each parse before reading on.
+        parser = self._parser
+        if parser is not None:
+            try:
+                return await parser.parse(line)
+            except ParserCrashed as exc:
+                self._errors["parser_crash"] += 1
+                log.warning("%s", exc)
+                if exc.line_lost:
+                    return None
+            except ParserUnavailable:
+                self._errors["parser_spawn"] += parser.take_spawn_failures()
         worker = self._worker
         if worker is None:  # only while stop() is tearing down: not worth a failure
             return parse_line(line)
@@ -438,17 +477,9 @@ class NeuronSource:
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
         # An undrained stderr pipe fills up and blocks the monitor.
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:
-                continue
-            if not line:
-                return
-            text = line.decode("utf-8", errors="replace").strip()
-            if text:
-                self._last_stderr = text[:300]
-                self._debug_log("neuron-monitor stderr: %s", text[:1000])
+        async for text in text_lines(stream):
+            self._last_stderr = text[:300]
+            self._debug_log("neuron-monitor stderr: %s", text[:1000])
 
     # --- poll -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from exporter.config.reader import finite_number
+from exporter.numbers import finite_number
 
 # The outcome, error and ECC names the exporter exports; anything else is ignored so a new
 # neuron-monitor field cannot grow the label space unnoticed.

@@ -55,6 +55,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "exporter.zones": ("exporter.",),
     # uid -> name for both the process reader (sources) and attribution (context): a leaf like clock.
     "exporter.users": ("exporter.",),
+    # Imported by the Neuron parser child, which must stay small: standard library only.
+    "exporter.numbers": ("exporter.",),
 }
 
 

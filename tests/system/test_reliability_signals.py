@@ -3,7 +3,6 @@ configuration, and no neuron-monitor child left behind."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, ExporterProcess, bench_module, exporter_env, pick_free_port
+from conftest import process_gone as gone
 
 soak: Any = bench_module("soak")
 FLEET_64 = ROOT / "bench" / "scenarios" / "fleet-64.yaml"
@@ -170,8 +170,11 @@ def test_sighup_with_a_broken_or_deleted_config_keeps_the_old_one(tmp_path: Path
     assert exporter.stop() == 0
 
 
+NEURON_CHILDREN = (b"exporter.sim.neuron_monitor", b"exporter.sources.neuron_parser_child")
+
+
 def neuron_children(parent: int) -> list[int]:
-    """Pids whose parent is `parent` and whose command line is the simulated neuron-monitor."""
+    """Pids whose parent is `parent` and whose command line is the simulated neuron-monitor or the line parser."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -182,28 +185,19 @@ def neuron_children(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
-        if ppid == parent and b"exporter.sim.neuron_monitor" in cmdline:
+        if ppid == parent and any(name in cmdline for name in NEURON_CHILDREN):
             found.append(int(entry.name))
     return found
-
-
-def gone(pid: int) -> bool:
-    """True when no process (not even a zombie) has this pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def wait_for_children(exporter: ExporterProcess) -> list[int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         children = neuron_children(exporter.proc.pid)
-        if children:
+        if len(children) == len(NEURON_CHILDREN):  # the parser starts with the first line
             return children
         time.sleep(0.05)
-    pytest.fail(f"no neuron-monitor child; log:\n{exporter.log()}")
+    pytest.fail(f"no neuron-monitor and parser child; log:\n{exporter.log()}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -213,7 +207,7 @@ def test_neuron_monitor_child_is_gone_after_exit(run_exporter: Any, sig: int) ->
     exporter.signal(sig)
     assert exporter.proc.wait(10) == 0
     for pid in children:
-        assert gone(pid), f"neuron-monitor {pid} survived the exporter"
+        assert gone(pid), f"neuron child {pid} survived the exporter"
     assert neuron_children(exporter.proc.pid) == []
 
 
@@ -228,4 +222,4 @@ def test_neuron_monitor_child_exits_when_the_exporter_is_killed(tmp_path: Path, 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not all(gone(pid) for pid in children):
         time.sleep(0.05)
-    assert all(gone(pid) for pid in children), "neuron-monitor outlived a killed exporter"
+    assert all(gone(pid) for pid in children), "neuron-monitor or the parser child outlived a killed exporter"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import TESTS
+from conftest import process_gone as reaped  # exited *and* reaped: a zombie still answers kill 0
 
 from exporter.clock import SystemClock
 from exporter.config.model import NeuronSettings
@@ -122,19 +124,10 @@ def errors(report: SourceReport) -> dict[str, int]:
     return dict(report.errors)
 
 
-def reaped(pid: int) -> bool:
-    """True when the pid no longer exists at all: exited *and* reaped (a zombie still answers kill 0)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 async def stopped(src: NeuronSource) -> None:
     await asyncio.wait_for(src.stop(), 10)
     assert src.child_pids, "the source never started a child"
-    for pid in src.child_pids:
+    for pid in src.child_pids + src.parser_pids:
         assert reaped(pid), f"child {pid} survived stop() or was left a zombie"
 
 
@@ -526,7 +519,31 @@ async def test_bad_values_are_counted_and_not_reported_as_idle(tmp_path: Path) -
         await stopped(src)
 
 
-async def test_lines_are_parsed_on_the_sources_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_lines_are_parsed_in_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import exporter.sources.neuron as neuron_module
+    from exporter.sources.neuron_parse import MonitorRecord, parse_line
+
+    in_process: list[str] = []
+
+    def noting_parse(line: bytes | str) -> MonitorRecord:
+        in_process.append(threading.current_thread().name)
+        return parse_line(line)
+
+    monkeypatch.setattr(neuron_module, "parse_line", noting_parse)
+    src = source(fake_monitor(tmp_path))
+    await src.start()
+    try:
+        await wait_for(lambda: src.records >= 3)
+        assert (await src.poll()).success
+        assert len(src.parser_pids) == 1 and not reaped(src.parser_pids[0])
+    finally:
+        await stopped(src)
+    assert in_process == [], "a line was parsed in the exporter's process although the child ran"
+
+
+async def test_in_process_lines_are_parsed_on_the_sources_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import exporter.sources.neuron as neuron_module
     from exporter.sources.neuron_parse import MonitorRecord, parse_line
 
@@ -537,12 +554,41 @@ async def test_lines_are_parsed_on_the_sources_own_thread(tmp_path: Path, monkey
         return parse_line(line)
 
     monkeypatch.setattr(neuron_module, "parse_line", noting_parse)
-    src = source(fake_monitor(tmp_path))
+    src = source(fake_monitor(tmp_path), parse_in_child=False)
     await src.start()
     try:
         await wait_for(lambda: src.records >= 3)
         assert (await src.poll()).success
+        assert src.parser_pids == ()
     finally:
         await stopped(src)
     # Not the event loop's thread, and not the loop's default executor (asyncio_N threads).
     assert threads and set(threads) == {"neuron-parse"}
+
+
+async def test_a_crashed_parser_is_counted_and_restarted_while_lines_go_on(tmp_path: Path) -> None:
+    src = source(fake_monitor(tmp_path))
+    await src.start()
+    try:
+        first = await poll_until(src, lambda r: r.success and bool(r.devices))
+        devices = {d.identity.device for d in first.devices}
+        await wait_for(lambda: len(src.parser_pids) == 1)
+        crashed = src.parser_pids[0]
+        os.kill(crashed, signal.SIGKILL)
+        # Lines go on (in process while the child backs off, then through a new child).
+        await wait_for(lambda: len(src.parser_pids) == 2, timeout=20)
+        seen: dict[str, int] = {}
+
+        def counted(report: SourceReport) -> bool:
+            for reason, count in report.errors:
+                seen[reason] = seen.get(reason, 0) + count
+            return report.success and seen.get("parser_crash", 0) >= 1
+
+        later = await poll_until(src, counted)
+        assert seen["parser_crash"] == 1
+        assert {d.identity.device for d in later.devices} == devices
+        records = src.records
+        await wait_for(lambda: src.records >= records + 3)
+        assert reaped(crashed)
+    finally:
+        await stopped(src)
