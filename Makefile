@@ -22,11 +22,11 @@ demo: $(STAMP)
 
 ## All tests (needs prometheus, promtool, alertmanager, amtool, systemd-analyze, kubectl; stops at once naming any that is missing)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
-## The inner loop: every test not marked slow, on one worker per core (pytest-xdist)
+## The inner loop: every test not marked slow
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 ## Build the sdist and the wheel into dist/ and check them
 dist: $(STAMP)
