@@ -78,6 +78,7 @@ SLOW_MODULES = frozenset(
         "test_attribution_bounds",
         "test_carbon_reload",
         "test_context_aws_pricing",
+        "test_cli",
         "test_core_daemon",
         "test_core_gpu_scripts",
         "test_core_promtool",
