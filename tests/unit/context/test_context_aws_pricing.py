@@ -300,7 +300,8 @@ def test_describe_tags_denied_is_access_denied(server: ThreadedServer, fake: Aws
 def test_a_slow_api_is_not_waited_for_and_its_late_answer_is_used_next_time(
     server: ThreadedServer, fake: AwsApiFake
 ) -> None:
-    """A spot host with no spot history: two calls of 0.2 s each outlast the 0.3 s wait."""
+    """A spot host with no spot history: two calls of 0.2 s each (each within the 0.3 s read
+    timeout) outlast the 0.3 s wait."""
     fake.delay = 0.2
     res, errors = resolver(server.url, timeout="0.3s")
 
@@ -309,16 +310,15 @@ def test_a_slow_api_is_not_waited_for_and_its_late_answer_is_used_next_time(
         started = loop.time()
         first = await res.resolve(SPOT_P4D)
         waited = loop.time() - started
-        for _ in range(100):
-            if res.late_answer_ready:
-                break
+        deadline = loop.time() + 60  # the late answer, however loaded the machine
+        while not res.late_answer_ready and loop.time() < deadline:
             await asyncio.sleep(0.05)
         second = await res.resolve(SPOT_P4D)
         return first, second, waited
 
     first, second, waited = asyncio.run(scenario())
-    assert first.source == "builtin"
-    assert waited < 0.6
+    assert first.source == "builtin"  # with the answer waited for, this would be the API's price
+    assert waited < 5.0  # a hang guard only: a loaded machine adds its own delay to the 0.3 s
     assert errors.snapshot()[("price", "timeout")] == 1
     assert second.source == "aws-pricing-api"
     assert second.dollars_per_hour == pytest.approx(21.957642)

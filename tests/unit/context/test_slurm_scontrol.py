@@ -148,12 +148,13 @@ def test_a_hanging_scontrol_is_killed_with_its_children(on_path: Path, tmp_path:
 
 
 def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie (a killed grandchild may wait for init to reap it)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):  # it may go between the two calls
         return False
-    status = Path(f"/proc/{pid}/stat")
-    return status.exists() and status.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize(
