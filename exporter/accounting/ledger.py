@@ -156,9 +156,9 @@ class Ledger:
         host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
-        # One attribution per distinct process per report: a Neuron runtime is listed on every core
-        # it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
-        owners: dict[ProcessReading, Owner] = {}
+        # One attribution and one snapshot per distinct process per report: a Neuron runtime is listed
+        # on every core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
+        owners: dict[ProcessReading, ProcessSnapshot] = {}
         for reading in report.devices:
             seen.add(reading.identity.device)
             self._ingest_device(report.collector, reading, now, host, attributor, owners)
@@ -217,7 +217,7 @@ class Ledger:
         now: float,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, Owner],
+        owners: dict[ProcessReading, ProcessSnapshot],
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
@@ -353,31 +353,27 @@ class Ledger:
         return replace(owner, team=team, workload=workload)
 
     def _owners(
-        self, reading: DeviceReading, host: Owner, attributor: Attributor, owners: dict[ProcessReading, Owner]
+        self, reading: DeviceReading, host: Owner, attributor: Attributor, owners: dict[ProcessReading, ProcessSnapshot]
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
-        """The device's processes as snapshots and its owner; `owners` remembers each process's within a report."""
+        """The device's processes as snapshots and its owner; `owners` remembers each process's snapshot within a report."""
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
-            owner = owners.get(proc)
-            if owner is None:
+            known = owners.get(proc)
+            if known is None:
                 owner = attributor.process_owner(proc)
                 if not owner.team:
                     owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
-                owners[proc] = owner
-            # Per entry, not per process: an overflowing value is counted each time it is replaced.
-            owner = self._capped(owner)
-            processes.append(
-                ProcessSnapshot(
-                    proc.pid,
-                    # Untrusted text from /proc or the runtime: no control characters, bounded.
-                    sanitize_label(proc.user, USER_LABEL_LENGTH),
-                    sanitize_label(proc.command, COMMAND_LABEL_LENGTH),
-                    owner,
-                    proc.used_memory_bytes,
-                    proc.start_time_seconds,
+                # Untrusted text from /proc or the runtime: no control characters, bounded.
+                user = sanitize_label(proc.user, USER_LABEL_LENGTH)
+                command = sanitize_label(proc.command, COMMAND_LABEL_LENGTH)
+                snapshot = ProcessSnapshot(
+                    proc.pid, user, command, owner, proc.used_memory_bytes, proc.start_time_seconds
                 )
-            )
+                known = owners[proc] = snapshot
+            # Per entry, not per process: an overflowing value is counted each time it is replaced.
+            owner = self._capped(known.owner)
+            processes.append(known if owner is known.owner else replace(known, owner=owner))
             memory = proc.used_memory_bytes or 0
             if best is None or memory > best[0]:
                 best = (memory, owner)

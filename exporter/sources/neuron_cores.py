@@ -323,11 +323,14 @@ class CoreTracker:
         for (metric, labels), value in sorted(self._counters.items()):
             counters.setdefault(labels[0][1], []).append(CounterDelta(metric=metric, labels=labels, value=float(value)))
         facts_cache: dict[int, ProcessFacts | None] = {}
+        # One reading per distinct holder: a runtime holding 32 cores with the same memory on most
+        # of them is one object there, which the ledger's per-process memo then finds by identity.
+        made: dict[_Holder, ProcessReading] = {}
         out = []
         for core, identity in enumerate(self.identities()):  # identities() lists core 0, 1, 2, ...
             holders = self._holders.get(core, ())
             processes = tuple(
-                self._process(h, proc_reader, facts_cache)
+                self._process(h, proc_reader, facts_cache, made)
                 for h in sorted(holders, key=lambda h: (-(h.memory_bytes or 0), h.pid))
             )
             known = [h.memory_bytes for h in holders if h.memory_bytes is not None]
@@ -368,9 +371,16 @@ class CoreTracker:
 
     @staticmethod
     def _process(
-        holder: _Holder, proc_reader: ProcessFactsReader, cache: dict[int, ProcessFacts | None]
+        holder: _Holder,
+        proc_reader: ProcessFactsReader,
+        cache: dict[int, ProcessFacts | None],
+        made: dict[_Holder, ProcessReading],
     ) -> ProcessReading:
+        reading = made.get(holder)
+        if reading is not None:
+            return reading
         if holder.pid not in cache:
             # None when not visible here (no host PID namespace) or just exited: neuron-monitor still saw it.
             cache[holder.pid] = proc_reader.facts(holder.pid) if holder.pid > 0 else None
-        return process_reading(holder.pid, holder.memory_bytes, cache[holder.pid], holder.tag)
+        reading = made[holder] = process_reading(holder.pid, holder.memory_bytes, cache[holder.pid], holder.tag)
+        return reading
