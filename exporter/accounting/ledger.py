@@ -104,6 +104,8 @@ class Ledger:
         self._refused: set[str] = set()  # counter problems already logged
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
         self._wall_now: float | None = None  # Unix time of the latest poll, for the carbon schedule
+        # Per collector, its last report's process snapshots (see _owners).
+        self._process_snapshots: dict[str, dict[ProcessReading, ProcessSnapshot]] = {}
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
@@ -159,9 +161,11 @@ class Ledger:
         # One attribution and one snapshot per distinct process per report: a Neuron runtime is listed
         # on every core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
         owners: dict[ProcessReading, ProcessSnapshot] = {}
+        # Unchanged processes keep last report's snapshot objects, so the renderer finds them equal at a glance.
+        previous = self._process_snapshots.get(report.collector, {})
         for reading in report.devices:
             seen.add(reading.identity.device)
-            self._ingest_device(report.collector, reading, now, host, attributor, owners)
+            self._ingest_device(report.collector, reading, now, host, attributor, owners, previous)
         missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
@@ -172,7 +176,8 @@ class Ledger:
             # stay, shown down, and keep accruing time and cost like a lost GPU.
             for name in missing:
                 down = DeviceReading(self._devices[name].identity, up=False)
-                self._ingest_device(report.collector, down, now, host, attributor, owners)
+                self._ingest_device(report.collector, down, now, host, attributor, owners, previous)
+        self._process_snapshots[report.collector] = owners  # replaced every report: it does not grow
         self._reprice(context)
         for name in first_seen:
             self._open_money(self._devices[name], now)
@@ -218,6 +223,7 @@ class Ledger:
         host: Owner,
         attributor: Attributor,
         owners: dict[ProcessReading, ProcessSnapshot],
+        previous: Mapping[ProcessReading, ProcessSnapshot],
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
@@ -261,7 +267,7 @@ class Ledger:
         if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
             # No energy counter ever (one read only every few polls still counts): power x time.
             joules = reading.power_watts * dt
-        book.processes, book.owner = self._owners(reading, host, attributor, owners)
+        book.processes, book.owner = self._owners(reading, host, attributor, owners, previous)
         for delta in reading.counters:
             problem = counter_problem(delta.metric, tuple(label for label, _ in delta.labels))
             if problem is not None:
@@ -353,9 +359,18 @@ class Ledger:
         return replace(owner, team=team, workload=workload)
 
     def _owners(
-        self, reading: DeviceReading, host: Owner, attributor: Attributor, owners: dict[ProcessReading, ProcessSnapshot]
+        self,
+        reading: DeviceReading,
+        host: Owner,
+        attributor: Attributor,
+        owners: dict[ProcessReading, ProcessSnapshot],
+        previous: Mapping[ProcessReading, ProcessSnapshot],
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
-        """The device's processes as snapshots and its owner; `owners` remembers each process's snapshot within a report."""
+        """The device's processes as snapshots and its owner.
+
+        `owners` remembers each process's snapshot within a report; `previous` holds the last
+        report's, reused when the process and its owner are unchanged.
+        """
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
@@ -364,13 +379,18 @@ class Ledger:
                 owner = attributor.process_owner(proc)
                 if not owner.team:
                     owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
-                # Untrusted text from /proc or the runtime: no control characters, bounded.
-                user = sanitize_label(proc.user, USER_LABEL_LENGTH)
-                command = sanitize_label(proc.command, COMMAND_LABEL_LENGTH)
-                snapshot = ProcessSnapshot(
-                    proc.pid, user, command, owner, proc.used_memory_bytes, proc.start_time_seconds
-                )
-                known = owners[proc] = snapshot
+                known = previous.get(proc)  # the same facts: the same user and command labels
+                if known is None or known.owner != owner:
+                    known = ProcessSnapshot(
+                        proc.pid,
+                        # Untrusted text from /proc or the runtime: no control characters, bounded.
+                        sanitize_label(proc.user, USER_LABEL_LENGTH),
+                        sanitize_label(proc.command, COMMAND_LABEL_LENGTH),
+                        owner,
+                        proc.used_memory_bytes,
+                        proc.start_time_seconds,
+                    )
+                owners[proc] = known
             # Per entry, not per process: an overflowing value is counted each time it is replaced.
             owner = self._capped(known.owner)
             processes.append(known if owner is known.owner else replace(known, owner=owner))
