@@ -79,6 +79,16 @@ class _DeviceBook:
         return self.reading.identity
 
 
+class _Known:
+    """A process's snapshot in one report, and whether its owner was found within the label cap."""
+
+    __slots__ = ("admitted", "snapshot")
+
+    def __init__(self, snapshot: ProcessSnapshot) -> None:
+        self.snapshot = snapshot
+        self.admitted = False
+
+
 @dataclass
 class _CollectorBook:
     success: bool = False
@@ -105,7 +115,7 @@ class Ledger:
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
         self._wall_now: float | None = None  # Unix time of the latest poll, for the carbon schedule
         # Per collector, its last report's process snapshots (see _owners).
-        self._process_snapshots: dict[str, dict[ProcessReading, ProcessSnapshot]] = {}
+        self._process_snapshots: dict[str, dict[ProcessReading, _Known]] = {}
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
@@ -160,7 +170,7 @@ class Ledger:
         first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
         # One attribution and one snapshot per distinct process per report: a Neuron runtime is listed
         # on every core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
-        owners: dict[ProcessReading, ProcessSnapshot] = {}
+        owners: dict[ProcessReading, _Known] = {}
         # Unchanged processes keep last report's snapshot objects, so the renderer finds them equal at a glance.
         previous = self._process_snapshots.get(report.collector, {})
         for reading in report.devices:
@@ -222,8 +232,8 @@ class Ledger:
         now: float,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, ProcessSnapshot],
-        previous: Mapping[ProcessReading, ProcessSnapshot],
+        owners: dict[ProcessReading, _Known],
+        previous: Mapping[ProcessReading, _Known],
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
@@ -363,8 +373,8 @@ class Ledger:
         reading: DeviceReading,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, ProcessSnapshot],
-        previous: Mapping[ProcessReading, ProcessSnapshot],
+        owners: dict[ProcessReading, _Known],
+        previous: Mapping[ProcessReading, _Known],
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
         """The device's processes as snapshots and its owner.
 
@@ -374,12 +384,13 @@ class Ledger:
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
-            known = owners.get(proc)
-            if known is None:
+            entry = owners.get(proc)
+            if entry is None:
                 owner = attributor.process_owner(proc)
                 if not owner.team:
                     owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
-                known = previous.get(proc)  # the same facts: the same user and command labels
+                last = previous.get(proc)  # the same facts: the same user and command labels
+                known = last.snapshot if last is not None else None
                 if known is None or known.owner != owner:
                     known = ProcessSnapshot(
                         proc.pid,
@@ -390,10 +401,19 @@ class Ledger:
                         proc.used_memory_bytes,
                         proc.start_time_seconds,
                     )
-                owners[proc] = known
-            # Per entry, not per process: an overflowing value is counted each time it is replaced.
-            owner = self._capped(known.owner)
-            processes.append(known if owner is known.owner else replace(known, owner=owner))
+                entry = owners[proc] = _Known(known)
+            known = entry.snapshot
+            if entry.admitted:
+                owner = known.owner
+                processes.append(known)
+            else:
+                # Per entry, not per process: an overflowing value is counted each time it is replaced.
+                owner = self._capped(known.owner)
+                if owner is known.owner:
+                    entry.admitted = True  # values once admitted stay admitted: its other entries are within the cap
+                    processes.append(known)
+                else:
+                    processes.append(replace(known, owner=owner))
             memory = proc.used_memory_bytes or 0
             if best is None or memory > best[0]:
                 best = (memory, owner)
