@@ -82,9 +82,10 @@ class _DeviceBook:
 class _Known:
     """A process's snapshot in one report, and whether its owner was found within the label cap."""
 
-    __slots__ = ("admitted", "snapshot")
+    __slots__ = ("admitted", "process", "snapshot")
 
-    def __init__(self, snapshot: ProcessSnapshot) -> None:
+    def __init__(self, process: ProcessReading, snapshot: ProcessSnapshot) -> None:
+        self.process = process  # held, so its id() names no other object while the report is ingested
         self.snapshot = snapshot
         self.admitted = False
 
@@ -168,9 +169,11 @@ class Ledger:
         host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
-        # One attribution and one snapshot per distinct process per report: a Neuron runtime is listed
-        # on every core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
-        owners: dict[ProcessReading, _Known] = {}
+        # One attribution and one snapshot per process per report: a Neuron runtime is listed on every
+        # core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge),
+        # one object for all (the core tracker shares them), so they are found by id(), which costs
+        # nothing, not by value (a dataclass hash of seven fields per entry).
+        owners: dict[int, _Known] = {}
         # Unchanged processes keep last report's snapshot objects, so the renderer finds them equal at a glance.
         previous = self._process_snapshots.get(report.collector, {})
         for reading in report.devices:
@@ -187,7 +190,8 @@ class Ledger:
             for name in missing:
                 down = DeviceReading(self._devices[name].identity, up=False)
                 self._ingest_device(report.collector, down, now, host, attributor, owners, previous)
-        self._process_snapshots[report.collector] = owners  # replaced every report: it does not grow
+        # Replaced every report: it does not grow.
+        self._process_snapshots[report.collector] = {known.process: known for known in owners.values()}
         self._reprice(context)
         for name in first_seen:
             self._open_money(self._devices[name], now)
@@ -232,7 +236,7 @@ class Ledger:
         now: float,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, _Known],
+        owners: dict[int, _Known],
         previous: Mapping[ProcessReading, _Known],
     ) -> None:
         name = reading.identity.device
@@ -373,18 +377,18 @@ class Ledger:
         reading: DeviceReading,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, _Known],
+        owners: dict[int, _Known],
         previous: Mapping[ProcessReading, _Known],
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
         """The device's processes as snapshots and its owner.
 
-        `owners` remembers each process's snapshot within a report; `previous` holds the last
-        report's, reused when the process and its owner are unchanged.
+        `owners` remembers each process's snapshot within a report, by id(); `previous` holds the
+        last report's by value, reused when the process and its owner are unchanged.
         """
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
-            entry = owners.get(proc)
+            entry = owners.get(id(proc))
             if entry is None:
                 owner = attributor.process_owner(proc)
                 if not owner.team:
@@ -401,7 +405,7 @@ class Ledger:
                         proc.used_memory_bytes,
                         proc.start_time_seconds,
                     )
-                entry = owners[proc] = _Known(known)
+                entry = owners[id(proc)] = _Known(proc, known)
             known = entry.snapshot
             if entry.admitted:
                 owner = known.owner
