@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import cpu_seconds_precise, free_port, memory_kib, neuron_parser_child  # noqa: E402
 from exporter.sources.neuron_cores import CoreTracker  # noqa: E402
 from exporter.sources.neuron_parse import parse_line  # noqa: E402
+from exporter.sources.neuron_wire import HEADER, answer, decode, payload_length  # noqa: E402
 from exporter.sources.procfs import ProcessFacts  # noqa: E402
 
 HEADING = "## Neuron line ingest"
@@ -244,10 +245,16 @@ def measure(runs: int) -> tuple[int, dict[str, list[float]]]:
     def ingest() -> None:
         tracker.ingest(parse_line(line))
 
+    # What the event loop does per line since the parse moved to the child: decode its answer, account.
+    frame = answer(line)
+    kind, _ = payload_length(frame[: HEADER.size])
+    record = decode(kind, frame[HEADER.size :])
     results = {
         "json.loads (floor)": cpu_ms(lambda: json.loads(line), runs),
         "parse_line": cpu_ms(lambda: parse_line(line), runs),
         "ingest = parse_line + core accounting": cpu_ms(ingest, runs),
+        "decode the parser child's answer (on the loop)": cpu_ms(lambda: decode(kind, frame[HEADER.size :]), runs),
+        "core accounting of one record (on the loop)": cpu_ms(lambda: tracker.ingest(record), runs),
         "readings (once per poll, 32 cores)": cpu_ms(lambda: tracker.readings(procs), runs),
     }
     return len(line), results

@@ -79,6 +79,17 @@ class _DeviceBook:
         return self.reading.identity
 
 
+class _Known:
+    """A process's snapshot in one report, and whether its owner was found within the label cap."""
+
+    __slots__ = ("admitted", "process", "snapshot")
+
+    def __init__(self, process: ProcessReading, snapshot: ProcessSnapshot) -> None:
+        self.process = process  # held, so its id() names no other object while the report is ingested
+        self.snapshot = snapshot
+        self.admitted = False
+
+
 @dataclass
 class _CollectorBook:
     success: bool = False
@@ -104,6 +115,8 @@ class Ledger:
         self._refused: set[str] = set()  # counter problems already logged
         self._restored: dict[str, IdleMark] = {}  # by UUID, in ledger (monotonic) time, until first seen
         self._wall_now: float | None = None  # Unix time of the latest poll, for the carbon schedule
+        # Per collector, its last report's process snapshots (see _owners).
+        self._process_snapshots: dict[str, dict[ProcessReading, _Known]] = {}
 
     def set_device_pods(self, lookup: DevicePods | None) -> None:
         """Wire in which pods hold which devices (kubelet pod-resources), for devices with no process."""
@@ -156,12 +169,16 @@ class Ledger:
         host = attributor.host_owner(context.identity)  # once per report, not per device
         seen = set()
         first_seen = [r.identity.device for r in report.devices if r.identity.device not in self._devices]
-        # One attribution per distinct process per report: a Neuron runtime is listed on every core
-        # it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge).
-        owners: dict[ProcessReading, Owner] = {}
+        # One attribution and one snapshot per process per report: a Neuron runtime is listed on every
+        # core it uses (32 runtimes x 32 cores is 1,024 entries of 32 processes on a trn1n.32xlarge),
+        # one object for all (the core tracker shares them), so they are found by id(), which costs
+        # nothing, not by value (a dataclass hash of seven fields per entry).
+        owners: dict[int, _Known] = {}
+        # Unchanged processes keep last report's snapshot objects, so the renderer finds them equal at a glance.
+        previous = self._process_snapshots.get(report.collector, {})
         for reading in report.devices:
             seen.add(reading.identity.device)
-            self._ingest_device(report.collector, reading, now, host, attributor, owners)
+            self._ingest_device(report.collector, reading, now, host, attributor, owners, previous)
         missing = [n for n, b in self._devices.items() if b.collector == report.collector and n not in seen]
         if report.complete:
             # Devices that vanished from a full enumeration (MIG reconfigured, hot-unplug) go away.
@@ -172,7 +189,9 @@ class Ledger:
             # stay, shown down, and keep accruing time and cost like a lost GPU.
             for name in missing:
                 down = DeviceReading(self._devices[name].identity, up=False)
-                self._ingest_device(report.collector, down, now, host, attributor, owners)
+                self._ingest_device(report.collector, down, now, host, attributor, owners, previous)
+        # Replaced every report: it does not grow.
+        self._process_snapshots[report.collector] = {known.process: known for known in owners.values()}
         self._reprice(context)
         for name in first_seen:
             self._open_money(self._devices[name], now)
@@ -217,7 +236,8 @@ class Ledger:
         now: float,
         host: Owner,
         attributor: Attributor,
-        owners: dict[ProcessReading, Owner],
+        owners: dict[int, _Known],
+        previous: Mapping[ProcessReading, _Known],
     ) -> None:
         name = reading.identity.device
         book = self._devices.get(name)
@@ -261,7 +281,7 @@ class Ledger:
         if joules is None and book.energy_total is None and reading.power_watts is not None and reading.up:
             # No energy counter ever (one read only every few polls still counts): power x time.
             joules = reading.power_watts * dt
-        book.processes, book.owner = self._owners(reading, host, attributor, owners)
+        book.processes, book.owner = self._owners(reading, host, attributor, owners, previous)
         for delta in reading.counters:
             problem = counter_problem(delta.metric, tuple(label for label, _ in delta.labels))
             if problem is not None:
@@ -353,31 +373,51 @@ class Ledger:
         return replace(owner, team=team, workload=workload)
 
     def _owners(
-        self, reading: DeviceReading, host: Owner, attributor: Attributor, owners: dict[ProcessReading, Owner]
+        self,
+        reading: DeviceReading,
+        host: Owner,
+        attributor: Attributor,
+        owners: dict[int, _Known],
+        previous: Mapping[ProcessReading, _Known],
     ) -> tuple[tuple[ProcessSnapshot, ...], Owner]:
-        """The device's processes as snapshots and its owner; `owners` remembers each process's within a report."""
+        """The device's processes as snapshots and its owner.
+
+        `owners` remembers each process's snapshot within a report, by id(); `previous` holds the
+        last report's by value, reused when the process and its owner are unchanged.
+        """
         processes = []
         best: tuple[int, Owner] | None = None
         for proc in reading.processes:
-            owner = owners.get(proc)
-            if owner is None:
+            entry = owners.get(id(proc))
+            if entry is None:
                 owner = attributor.process_owner(proc)
                 if not owner.team:
                     owner = replace(owner, team=host.team, workload=owner.workload or host.workload)
-                owners[proc] = owner
-            # Per entry, not per process: an overflowing value is counted each time it is replaced.
-            owner = self._capped(owner)
-            processes.append(
-                ProcessSnapshot(
-                    proc.pid,
-                    # Untrusted text from /proc or the runtime: no control characters, bounded.
-                    sanitize_label(proc.user, USER_LABEL_LENGTH),
-                    sanitize_label(proc.command, COMMAND_LABEL_LENGTH),
-                    owner,
-                    proc.used_memory_bytes,
-                    proc.start_time_seconds,
-                )
-            )
+                last = previous.get(proc)  # the same facts: the same user and command labels
+                known = last.snapshot if last is not None else None
+                if known is None or known.owner != owner:
+                    known = ProcessSnapshot(
+                        proc.pid,
+                        # Untrusted text from /proc or the runtime: no control characters, bounded.
+                        sanitize_label(proc.user, USER_LABEL_LENGTH),
+                        sanitize_label(proc.command, COMMAND_LABEL_LENGTH),
+                        owner,
+                        proc.used_memory_bytes,
+                        proc.start_time_seconds,
+                    )
+                entry = owners[id(proc)] = _Known(proc, known)
+            known = entry.snapshot
+            if entry.admitted:
+                owner = known.owner
+                processes.append(known)
+            else:
+                # Per entry, not per process: an overflowing value is counted each time it is replaced.
+                owner = self._capped(known.owner)
+                if owner is known.owner:
+                    entry.admitted = True  # values once admitted stay admitted: its other entries are within the cap
+                    processes.append(known)
+                else:
+                    processes.append(replace(known, owner=owner))
             memory = proc.used_memory_bytes or 0
             if best is None or memory > best[0]:
                 best = (memory, owner)

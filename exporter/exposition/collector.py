@@ -6,16 +6,20 @@ gone from the snapshot is gone from the output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.accounting.snapshot import Snapshot
+from exporter.accounting.snapshot import ProcessSnapshot, Snapshot
 from exporter.catalogue import STATES, spec
 
 # name, label values in the catalogue's label order, value
 AddSeries = Callable[[str, tuple[str, ...], float], None]
+# device, its processes, and the call that emits their series through `add`; a renderer that has
+# those series' lines already may add them itself and not call it.
+ProcessBlock = Callable[[str, tuple[ProcessSnapshot, ...], Callable[[], None]], None]
 
 
 class _Families:
@@ -48,11 +52,27 @@ def encodable(value: str) -> str:
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
-def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
+def _emit_processes(dev: str, processes: tuple[ProcessSnapshot, ...], add: AddSeries) -> None:
+    for p in processes:
+        o = p.owner
+        pid = str(p.pid)
+        add(
+            "accel_process_info",
+            (dev, pid, p.user, p.command, o.team, o.workload, o.pod, o.namespace, o.container, o.unit, o.slurm_job_id),
+            1,
+        )
+        if p.memory_bytes is not None:
+            add("accel_process_memory_used_bytes", (dev, pid), p.memory_bytes)
+        if p.start_time_seconds is not None:
+            add("accel_process_start_time_seconds", (dev, pid), p.start_time_seconds)
+
+
+def emit_series(snapshot: Snapshot, add: AddSeries, process_block: ProcessBlock | None = None) -> None:
     """Call `add(name, label values in catalogue order, value)` for every series of one snapshot, in exposition order.
 
     Both renderers are driven by this one walk over the snapshot, so they cannot disagree about
     which series exist: prometheus-client's families (the reference) and the cached lines.
+    Each device's process series go through `process_block` when given (see ProcessBlock).
     """
     add("accel_exporter_build_info", (snapshot.build_version,), 1)
     ident = snapshot.identity
@@ -110,30 +130,12 @@ def emit_series(snapshot: Snapshot, add: AddSeries) -> None:
             add("accel_waste_dollars_total", (dev, team, workload), value)
         for (team, workload), value in d.carbon:
             add("accel_carbon_grams_total", (dev, team, workload), value)
-        for p in d.processes:
-            o = p.owner
-            pid = str(p.pid)
-            add(
-                "accel_process_info",
-                (
-                    dev,
-                    pid,
-                    p.user,
-                    p.command,
-                    o.team,
-                    o.workload,
-                    o.pod,
-                    o.namespace,
-                    o.container,
-                    o.unit,
-                    o.slurm_job_id,
-                ),
-                1,
-            )
-            if p.memory_bytes is not None:
-                add("accel_process_memory_used_bytes", (dev, pid), p.memory_bytes)
-            if p.start_time_seconds is not None:
-                add("accel_process_start_time_seconds", (dev, pid), p.start_time_seconds)
+        if d.processes:
+            emit = functools.partial(_emit_processes, dev, d.processes, add)
+            if process_block is None:
+                emit()
+            else:
+                process_block(dev, d.processes, emit)
         for metric, labels, value in d.counters:
             # By name, not position: a source may or may not include `device` in its labels.
             named = {**dict(labels), "device": dev}

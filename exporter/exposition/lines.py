@@ -21,7 +21,7 @@ from typing import cast
 
 from prometheus_client import utils
 
-from exporter.accounting.snapshot import Snapshot
+from exporter.accounting.snapshot import ProcessSnapshot, Snapshot
 from exporter.catalogue import spec
 from exporter.exposition.collector import emit_series, encodable
 
@@ -29,6 +29,8 @@ from exporter.exposition.collector import emit_series, encodable
 _format = cast(Callable[[float], str], utils.floatToGoString)
 # (name, label values) -> (prefix "name{a="x"} ", value, whole line)
 _Kept = dict[tuple[str, tuple[str, ...]], tuple[str, float, str]]
+# device -> (its processes, their lines by metric name in the order the names first appeared)
+_Blocks = dict[str, tuple[tuple[ProcessSnapshot, ...], tuple[tuple[str, list[str]], ...]]]
 
 
 def _escape(value: str) -> str:
@@ -84,16 +86,25 @@ class LineKeeper:
 
     It keeps only the series of the last snapshot it rendered (vanished series are dropped at
     once), so it does not grow over time. One thread at a time: the render thread.
+
+    A device's process series are kept as a block too: while its processes are equal to the last
+    render's (the ledger hands out the same snapshot objects for unchanged processes, so that is a
+    glance), their lines are taken whole. On a Neuron host that is most of the body: 32 runtimes
+    on each of 32 cores make 3,000 process series.
     """
 
     def __init__(self) -> None:
         self._kept: _Kept = {}
+        self._blocks: _Blocks = {}
 
     def lines(self, snapshot: Snapshot) -> SampleLines:
         """The sample lines of `snapshot`."""
         previous = self._kept
         kept: _Kept = {}
         families: dict[str, list[str]] = {}
+        previous_blocks = self._blocks
+        blocks: _Blocks = {}
+        capture: dict[str, list[str]] | None = None
 
         def add(name: str, values: tuple[str, ...], value: float) -> None:
             key = (name, values)
@@ -111,7 +122,29 @@ class LineKeeper:
             if out is None:
                 out = families[name] = []
             out.append(line)
+            if capture is not None:
+                captured = capture.get(name)
+                if captured is None:
+                    captured = capture[name] = []
+                captured.append(line)
 
-        emit_series(snapshot, add)
+        def process_block(device: str, processes: tuple[ProcessSnapshot, ...], emit: Callable[[], None]) -> None:
+            nonlocal capture
+            block = previous_blocks.get(device)
+            if block is not None and block[0] == processes:
+                for name, lines in block[1]:  # in first-appearance order, as emit() would create them
+                    out = families.get(name)
+                    if out is None:
+                        out = families[name] = []
+                    out.extend(lines)
+            else:
+                capture = {}
+                emit()
+                block = (processes, tuple(capture.items()))
+                capture = None
+            blocks[device] = block
+
+        emit_series(snapshot, add, process_block)
         self._kept = kept
+        self._blocks = blocks
         return SampleLines(snapshot.version, tuple((name, tuple(lines)) for name, lines in families.items()))

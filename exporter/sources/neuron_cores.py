@@ -96,6 +96,9 @@ class CoreTracker:
         # State of the latest record.
         self._holders: dict[int, tuple[_Holder, ...]] = {}
         self._reported: frozenset[int] = frozenset()
+        # What the holders were built from, and the cores they and the listings reported (see _update_holders).
+        self._holders_shape: object = None
+        self._holders_reported: frozenset[int] = frozenset()
         self._last_util: dict[int, float] = {}
         # Cores each runtime (pid, tag) listed or held in the latest record it was part of.
         self._runtime_cores: dict[tuple[int, str], frozenset[int]] = {}
@@ -167,19 +170,21 @@ class CoreTracker:
             if counters.period is None:
                 # A short but real period (a runtime that attached moments ago) is not unknown: it
                 # adds no busy time, as in the first capture.
-                listed = {c.core for c in counters.cores} or self._runtime_cores.get((rt.pid, rt.tag))
+                listed = set(counters.core_ids) or self._runtime_cores.get((rt.pid, rt.tag))
                 if not listed:
                     return every
                 unknown |= listed
             else:
-                unknown.update(c.core for c in counters.cores if c.utilization_percent is None)
+                unknown.update(
+                    core for core, percent in zip(counters.core_ids, counters.percents, strict=False) if percent is None
+                )
         return frozenset(core for core in unknown if core < cores)
 
     def _remember_runtime_cores(self, record: MonitorRecord, owned: list[tuple[int, ...]]) -> None:
         # Only the latest record's runtimes (and the failed ones' earlier cores): it never grows.
         remembered = {key: self._runtime_cores[key] for key in record.failed_runtimes if key in self._runtime_cores}
         for rt, rt_owned in zip(record.runtimes, owned, strict=True):
-            listed = {c.core for c in rt.counters.cores} if rt.counters is not None else set()
+            listed = set(rt.counters.core_ids) if rt.counters is not None else set()
             remembered[(rt.pid, rt.tag)] = frozenset(listed.union(rt_owned))
         self._runtime_cores = remembered
 
@@ -193,14 +198,37 @@ class CoreTracker:
                 for device, local in runtime.memory.model_cores
                 if local < hw.cores_per_device
             )
-        if runtime.counters is not None:
-            owned.update(c.core for c in runtime.counters.cores if c.utilization_percent)
+        counters = runtime.counters
+        if counters is not None:
+            owned.update(core for core, percent in zip(counters.core_ids, counters.percents, strict=False) if percent)
         return tuple(sorted(core for core in owned if core < cores))
 
     def _update_holders(self, record: MonitorRecord, owned: list[tuple[int, ...]], cores: int) -> None:
+        failed = set(record.failed_runtimes)
+        # Everything the holders and the listed cores are made of; a steady host repeats it line
+        # after line (only the utilization moves), so the last line's thousand holders still stand.
+        shape = (
+            None
+            if failed
+            else (
+                cores,
+                tuple(
+                    (
+                        rt.pid,
+                        rt.tag,
+                        rt_owned,
+                        rt.memory.per_core if rt.memory is not None else None,
+                        rt.counters.core_ids if rt.counters is not None else None,
+                    )
+                    for rt, rt_owned in zip(record.runtimes, owned, strict=True)
+                ),
+            )
+        )
+        if shape is not None and shape == self._holders_shape:
+            self._reported = self._holders_reported
+            return
         holders: dict[int, list[_Holder]] = {}
         reported: set[int] = set()
-        failed = set(record.failed_runtimes)
         if failed:
             # A runtime that reported only an error still holds what it held: keep it for now.
             for core, previous in self._holders.items():
@@ -212,9 +240,10 @@ class CoreTracker:
             for core in rt_owned:
                 holders.setdefault(core, []).append(_Holder(rt.pid, rt.tag, memory.get(core)))
             if rt.counters is not None:
-                reported.update(c.core for c in rt.counters.cores if c.core < cores)
+                reported.update(core for core in rt.counters.core_ids if core < cores)
         self._holders = {core: tuple(hs) for core, hs in holders.items()}
-        self._reported = frozenset(reported) | frozenset(self._holders)
+        self._reported = self._holders_reported = frozenset(reported) | frozenset(self._holders)
+        self._holders_shape = shape
 
     def _integrate(self, record: MonitorRecord, cores: int, unknown: frozenset[int]) -> bool:
         """Add the record's period to every core's busy, covered or unknown time; False if it has none."""
@@ -226,13 +255,15 @@ class CoreTracker:
             counters = rt.counters
             if counters is None or counters.period is None or counters.period < self._min_period:
                 continue
-            for usage in counters.cores:
-                if usage.core >= cores or usage.utilization_percent is None:
+            span = min(counters.period, period)
+            for core, percent in zip(counters.core_ids, counters.percents, strict=False):
+                # None is unknown, 0 adds nothing: both are skipped without a lookup.
+                if not percent or core >= cores:
                     continue
-                seconds = min(counters.period, period) * usage.utilization_percent / 100.0
+                seconds = span * percent / 100.0
                 # Max, not sum and not average: other runtimes list this core at 0 %.
-                if seconds > busy.get(usage.core, 0.0):
-                    busy[usage.core] = seconds
+                if seconds > busy.get(core, 0.0):
+                    busy[core] = seconds
         for core in range(cores):
             if core in unknown:
                 # Neither busy nor idle; the last known utilization stands.
@@ -265,7 +296,7 @@ class CoreTracker:
         # (sum over the runtime's cores is then exact; splitting would invent a distribution).
         if owned:
             return owned[0]
-        listed = sorted(c.core for c in runtime.counters.cores if c.core < cores) if runtime.counters else []
+        listed = sorted(core for core in runtime.counters.core_ids if core < cores) if runtime.counters else []
         return listed[0] if listed else None
 
     def _count_ecc(self, record: MonitorRecord, hw: HardwareInfo) -> None:
@@ -323,11 +354,14 @@ class CoreTracker:
         for (metric, labels), value in sorted(self._counters.items()):
             counters.setdefault(labels[0][1], []).append(CounterDelta(metric=metric, labels=labels, value=float(value)))
         facts_cache: dict[int, ProcessFacts | None] = {}
+        # One reading per distinct holder: a runtime holding 32 cores with the same memory on most
+        # of them is one object there, which the ledger's per-process memo then finds by identity.
+        made: dict[_Holder, ProcessReading] = {}
         out = []
         for core, identity in enumerate(self.identities()):  # identities() lists core 0, 1, 2, ...
             holders = self._holders.get(core, ())
             processes = tuple(
-                self._process(h, proc_reader, facts_cache)
+                self._process(h, proc_reader, facts_cache, made)
                 for h in sorted(holders, key=lambda h: (-(h.memory_bytes or 0), h.pid))
             )
             known = [h.memory_bytes for h in holders if h.memory_bytes is not None]
@@ -368,9 +402,16 @@ class CoreTracker:
 
     @staticmethod
     def _process(
-        holder: _Holder, proc_reader: ProcessFactsReader, cache: dict[int, ProcessFacts | None]
+        holder: _Holder,
+        proc_reader: ProcessFactsReader,
+        cache: dict[int, ProcessFacts | None],
+        made: dict[_Holder, ProcessReading],
     ) -> ProcessReading:
+        reading = made.get(holder)
+        if reading is not None:
+            return reading
         if holder.pid not in cache:
             # None when not visible here (no host PID namespace) or just exited: neuron-monitor still saw it.
             cache[holder.pid] = proc_reader.facts(holder.pid) if holder.pid > 0 else None
-        return process_reading(holder.pid, holder.memory_bytes, cache[holder.pid], holder.tag)
+        reading = made[holder] = process_reading(holder.pid, holder.memory_bytes, cache[holder.pid], holder.tag)
+        return reading

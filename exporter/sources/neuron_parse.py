@@ -50,9 +50,6 @@ class CoreUsage(NamedTuple):
 
     `utilization_percent` is None when the value cannot be vouched for (missing, null, a string,
     NaN, an infinity, far outside 0-100): unknown, which is not the same as idle.
-
-    A NamedTuple rather than a frozen dataclass: a 32-runtime line makes a thousand of them, and
-    tuples are several times cheaper to build.
     """
 
     core: int
@@ -62,14 +59,27 @@ class CoreUsage(NamedTuple):
 
 @dataclass(frozen=True)
 class CoreCounters:
-    """A runtime's `neuroncore_counters` group.
+    """A runtime's `neuroncore_counters` group, one column per field of its cores.
 
     `period` is None when the group's period is unusable or the group carried an `error` (then
-    `cores` is empty): the busy time of the runtime's cores over this line is unknown.
+    there are no cores): the busy time of the runtime's cores over this line is unknown.
+
+    Columns rather than a CoreUsage per core: a 32-runtime line lists a thousand cores, and the
+    record crosses a pipe from the parser child; three tuples of plain numbers unpickle and
+    iterate several times faster than a thousand small objects. `cores` gives the rows. The parser
+    builds the columns together; readers zip them without `strict`, so columns of unequal length
+    (a record from a confused parser child) cost rows, never an exception.
     """
 
     period: float | None
-    cores: tuple[CoreUsage, ...]
+    core_ids: tuple[int, ...] = ()
+    percents: tuple[float | None, ...] = ()
+    flops: tuple[float | None, ...] = ()
+
+    @property
+    def cores(self) -> tuple[CoreUsage, ...]:
+        """One CoreUsage per listed core, in the order listed."""
+        return tuple(map(CoreUsage, self.core_ids, self.percents, self.flops))
 
 
 @dataclass(frozen=True)
@@ -288,8 +298,8 @@ def _group_error(group: dict[str, Any], where: str, errors: list[GroupError]) ->
 def _bad_values(counters: CoreCounters | None) -> int:
     if counters is None:
         return 0
-    unusable = sum(1 for usage in counters.cores if usage.utilization_percent is None)
-    return unusable + (1 if counters.period is None and counters.cores else 0)
+    unusable = sum(1 for percent in counters.percents if percent is None)
+    return unusable + (1 if counters.period is None and counters.core_ids else 0)
 
 
 def _runtimes(value: Any, errors: list[GroupError], failed: list[tuple[int, str]]) -> list[RuntimeReport]:
@@ -321,13 +331,13 @@ def _runtime(pid: int, tag: str, report: dict[str, Any], where: str, errors: lis
             continue
         if _group_error(group, f"{where} {name}", errors):
             if name in _COUNTER_GROUPS and counters is None:
-                counters = CoreCounters(period=None, cores=())  # its cores' busy time is unknown
+                counters = CoreCounters(period=None)  # its cores' busy time is unknown
             continue
         period = _period(group)
         if period is not None:
             periods.append(period)
         if name in _COUNTER_GROUPS and counters is None:
-            counters = CoreCounters(period=period, cores=tuple(_core_usage(group.get("neuroncores_in_use"))))
+            counters = _core_counters(period, group.get("neuroncores_in_use"))
         elif name in _EXECUTION_GROUPS and execution is None:
             execution = _execution(group, period)
         elif name == "memory_used" and memory is None:
@@ -342,15 +352,19 @@ def _runtime(pid: int, tag: str, report: dict[str, Any], where: str, errors: lis
 _PERCENT_SLACK = 1.0
 
 
-def _core_usage(value: Any) -> list[CoreUsage]:
+def _core_counters(period: float | None, value: Any) -> CoreCounters:
     # The hottest loop of a 32-runtime line (runtimes x cores): plain type checks, no helper calls.
-    out: list[CoreUsage] = []
+    ids: list[int] = []
+    percents: list[float | None] = []
+    flops_column: list[float | None] = []
     for key, item in _dict(value).items():
         core = int(key) if type(key) is str and key.isdigit() and len(key) <= 6 else _index(key)
         if core is None:
             continue
+        ids.append(core)
         if type(item) is not dict:
-            out.append(CoreUsage(core, None))  # listed, but with nothing to vouch for
+            percents.append(None)  # listed, but with nothing to vouch for
+            flops_column.append(None)
             continue
         util: Any = item.get("neuroncore_utilization")
         kind = type(util)
@@ -358,10 +372,11 @@ def _core_usage(value: Any) -> list[CoreUsage]:
         # NaN fails both comparisons; bools, strings and null are not numbers here.
         if (kind is int or kind is float) and -_PERCENT_SLACK <= util <= 100.0 + _PERCENT_SLACK:
             percent = 100.0 if util > 100 else (float(util) if util > 0 else 0.0)
+        percents.append(percent)
         flops: Any = item.get("flops")
         kind = type(flops)
-        out.append(CoreUsage(core, percent, float(flops) if (kind is int or kind is float) and flops >= 0 else None))
-    return out
+        flops_column.append(float(flops) if (kind is int or kind is float) and flops >= 0 else None)
+    return CoreCounters(period, tuple(ids), tuple(percents), tuple(flops_column))
 
 
 def _counts(value: Any, names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:

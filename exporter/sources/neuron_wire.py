@@ -1,8 +1,8 @@
 """How the Neuron parser child answers: one frame per line, cheap for the exporter to decode.
 
 A frame is a 5-byte header (kind, payload length) and the payload: for a parsed line the pickled
-MonitorRecord (decoding it takes about 1 ms for a 1.5 MB trn1n line, against 20-30 ms to parse
-the line), for a bad line the ParseError's message. Only the exporter's own child writes frames,
+MonitorRecord (about 40 KB for a 1.5 MB trn1n line, the cores' counters in columns: decoding it
+takes about 0.4 ms, against 20-30 ms to parse the line), for a bad line the ParseError's message. Only the exporter's own child writes frames,
 over a private pipe; the decoder still accepts nothing but the record types of neuron_parse and
 builtins, so a confused child can only produce a WireError, never run code.
 """
@@ -19,7 +19,7 @@ from exporter.sources.neuron_parse import MonitorRecord, ParseError, parse_line
 HEADER = struct.Struct(">BI")
 RECORD = ord("R")
 PROBLEM = ord("E")
-# A 1.5 MB line makes a ~46 KB record; anything near this is not a frame we wrote.
+# A 1.5 MB line makes a ~40 KB record; anything near this is not a frame we wrote.
 MAX_PAYLOAD_BYTES = 64 * 2**20
 
 _RECORD_TYPES = frozenset(

@@ -78,3 +78,19 @@ def test_the_label_cap_still_counts_every_entry_it_replaces() -> None:
     assert teams == {101: "vision", 202: "other", 303: "other"}
     # Two processes over the cap on each of 4 cores: 8 replaced team values, as without the memo.
     assert dict(snapshot.label_overflow)["team"] == 8.0
+
+
+def test_an_unchanged_process_keeps_its_snapshot_across_reports_and_a_new_owner_shows_at_once() -> None:
+    ledger = Ledger(AccountingSettings())
+    attributor = RuleAttributor(RULES, (("Team", "platform"),))
+    first, second = [], []
+    for poll in range(2):
+        ledger.ingest(report(cores=2), context(attributor), now=float(poll))
+        (first if poll == 0 else second).extend(ledger.snapshot(float(poll)).devices[0].processes)
+    # The renderer recognises unchanged processes by identity: the same objects, not equal copies.
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    # Other rules (a reload): alice's owner changes, and the snapshot says so on this very report.
+    reloaded = AttributionSettings(rules=(AttributionRule(match=(("user", "alice"),), team="nlp"),))
+    ledger.ingest(report(cores=2), context(RuleAttributor(reloaded, (("Team", "platform"),))), now=2.0)
+    teams = {p.pid: p.owner.team for p in ledger.snapshot(2.0).devices[0].processes}
+    assert teams == {101: "nlp", 202: "platform", 303: "platform"}

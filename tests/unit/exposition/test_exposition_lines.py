@@ -156,3 +156,35 @@ def test_vanished_series_are_forgotten() -> None:
     keeper.lines(ledger.snapshot(0.0))
     assert not any(name == "accel_process_info" for name, _ in keeper._kept)
     assert all(values[:1] != ("nvidia0",) for _, values in keeper._kept)
+    assert keeper._blocks == {}  # nvidia0's process block went with it
+
+
+def test_a_device_whose_processes_are_unchanged_reuses_its_process_lines_and_any_change_shows() -> None:
+    # Neuron-shaped: the same runtimes listed on several cores. Each later render must be exactly
+    # what a keeper with nothing kept renders, and match the reference.
+    ledger = Ledger(AccountingSettings())
+    context = HostContext(HostIdentity(), PriceQuote(21.5, "config"), RuleAttributor(AttributionSettings()))
+    cores = [DeviceIdentity(f"neuroncore{n}", f"nc-{n}", "aws", "trainium", "neuroncore") for n in range(3)]
+    alice, bob = ProcessReading(11, 2**30, "alice", "train.py", 100.0), ProcessReading(12, 2**29, "bob", "serve.py")
+    polls = [
+        (alice, bob),
+        (alice, bob),  # unchanged: blocks reused
+        (alice, ProcessReading(12, 2**28, "bob", "serve.py")),  # bob's memory changed
+        (alice,),  # bob left
+        (alice, ProcessReading(13, None, "carol", "nb", 5.0)),  # carol came
+    ]
+    keeper, renderer = LineKeeper(), Renderer(process_metrics=False)
+    previous: dict[str, tuple[str, ...]] = {}
+    for i, processes in enumerate(polls):
+        readings = tuple(DeviceReading(core, True, 0.5, 1.0, 0.5, processes=processes) for core in cores)
+        ledger.ingest(SourceReport("neuron", readings, True, 0.01, 1.8e9 + i), context, float(i))
+        snapshot = ledger.snapshot(float(i))
+        lines = keeper.lines(snapshot)
+        for openmetrics in (False, True):
+            assert lines.body(openmetrics=openmetrics) == LineKeeper().lines(snapshot).body(openmetrics=openmetrics)
+        assert_same(snapshot, renderer, f"poll {i}")
+        info = dict(lines.families)["accel_process_info"]
+        assert len(info) == 3 * len(processes)
+        if i == 1:  # the very same line objects: nothing was formatted or even looked up again
+            assert all(a is b for a, b in zip(previous["accel_process_info"], info, strict=True))
+        previous = dict(lines.families)

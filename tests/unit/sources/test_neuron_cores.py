@@ -423,3 +423,28 @@ def test_a_runtime_that_just_attached_is_not_an_unknown_period() -> None:
     assert tracker.ingest(parse_document(line)) == 0
     cores = by_core(tracker.readings(FakeProcs()))
     assert cores[1].unknown_seconds == 0.0 and cores[1].covered_seconds == 5.0
+
+
+def test_holders_follow_every_line_when_a_steady_host_repeats_its_shape() -> None:
+    # A steady host repeats which runtimes hold which cores line after line; the tracker reuses
+    # the last line's holders then, and must still see every change in memory, owners or listing.
+    tracker = CoreTracker("h", min_period=0.5)
+    steady = [rt(10, 5.0, {0: 50.0, 1: 0.0}, memory={0: 4096}), rt(11, 5.0, {0: 0.0, 1: 20.0}, memory={1: 1024})]
+
+    def holders() -> dict[int, list[tuple[int, int | None]]]:
+        cores = by_core(tracker.readings(FakeProcs()))
+        return {c: [(p.pid, p.used_memory_bytes) for p in r.processes] for c, r in cores.items()}
+
+    for util in (50.0, 75.0):  # the same shape twice, only the utilization moves
+        steady[0]["report"]["neuroncore_counters"]["neuroncores_in_use"]["0"]["neuroncore_utilization"] = util
+        tracker.ingest(parse_document(doc(steady)))
+    assert holders() == {0: [(10, 4096)], 1: [(11, 1024)]}
+    tracker.ingest(parse_document(doc([rt(10, 5.0, {0: 50.0, 1: 0.0}, memory={0: 8192}), steady[1]])))
+    assert holders() == {0: [(10, 8192)], 1: [(11, 1024)]}  # the memory moved
+    tracker.ingest(parse_document(doc([steady[0]])))
+    assert holders() == {0: [(10, 4096)], 1: []}  # runtime 11 left
+    tracker.ingest(parse_document(doc(steady, cores=4)))
+    assert tracker.core_count == 4 and holders()[3] == []  # a bigger inventory: the same runtimes, more cores
+    tracker.ingest(parse_document(doc([rt(10, 5.0, {0: 50.0, 1: 0.0}, memory={0: 4096}, tag="other"), steady[1]])))
+    readings = tracker.readings(FakeProcs())
+    assert [p.runtime_tag for p in by_core(readings)[0].processes] == ["other"]  # same pid, another runtime
